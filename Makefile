@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# kvm-shadow-stats: KVM x86's mmu_shadow_pages stat, kept by a Rust module.
+#
+#   make run      build everything, boot it, watch the stat move
+#   make test     every test: host checks and in-guest selftests
+#
+# Variables: KVER=7.3 (Debian linux-source-KVER), FLAVOR=base|debug,
+# KDIR=<your own patched kernel build> instead of the embedded default.
+#
+# The module itself is built by kbuild from ./Kbuild:
+#   make -C <patched kernel build> M=$PWD modules
+
+KVER ?= 7.3
+FLAVOR ?= base
+export KVER FLAVOR KDIR
+
+S := scripts
+
+.PHONY: all setup kernel module selftests run test bench stress env clean distclean help
+
+all: module selftests
+
+help:
+	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
+
+setup:
+	@$(S)/setup
+
+kernel: setup
+	@if [ -z "$(KDIR)" ]; then $(S)/build-kernel; fi
+
+module: kernel
+	@$(S)/build-module
+
+selftests: kernel
+	@$(S)/build-selftests
+
+run: module selftests
+	@$(S)/demo
+
+test: setup
+	@$(S)/test
+
+bench: module selftests
+	@$(S)/bench
+
+stress: module selftests
+	@$(S)/stress
+
+env:
+	@$(S)/env
+
+# Keeps build/cache (the downloaded kernel source) and the patched tree.
+clean:
+	rm -rf build/kbuild-* build/module-* build/selftests-* build/headers-* \
+		build/rust-selftest build/vm-* build/*.log build/bench.txt
+
+distclean:
+	rm -rf build

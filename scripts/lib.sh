@@ -1,0 +1,48 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Sourced by the scripts: where the kernel, the module and the selftests of
+# the current KVER/FLAVOR (or of a user's KDIR) live.
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${BUILD:-$TOP/build}
+KVER=${KVER:-7.3}
+FLAVOR=${FLAVOR:-base}
+
+die() { echo "$(basename "$0"): error: $*" >&2; exit 1; }
+
+case "$FLAVOR" in
+base | debug) ;;
+*) die "unknown FLAVOR '$FLAVOR' (known: base, debug)" ;;
+esac
+
+if [ -n "${KDIR:-}" ]; then
+	# A user's own patched kernel: an O= build directory, or a source
+	# tree built in place.
+	[ -f "$KDIR/.config" ] && [ -f "$KDIR/Module.symvers" ] ||
+		die "KDIR=$KDIR is not a built kernel (no .config or Module.symvers)"
+	KBUILD=$(cd "$KDIR" && pwd)
+	if [ -e "$KBUILD/source" ]; then
+		KSRC=$(readlink -f "$KBUILD/source")
+	else
+		KSRC=$KBUILD
+	fi
+	KRELEASE="$(cat "$KBUILD/include/config/kernel.release" 2>/dev/null || echo unknown) (KDIR)"
+	variant=kdir
+else
+	KSRC=$BUILD/linux-$KVER
+	KBUILD=$BUILD/kbuild-$KVER-$FLAVOR
+	KRELEASE="linux-source-$KVER $(cat "$BUILD/cache/linux-source-$KVER/.debian-version" 2>/dev/null || echo '(not fetched yet)')"
+	variant=$KVER-$FLAVOR
+fi
+BZIMAGE=$KBUILD/arch/x86/boot/bzImage
+MODDIR=$BUILD/module-$variant
+MODULE=$MODDIR/rust/kvm_shadow_stats.ko
+SELFTESTS=$BUILD/selftests-$variant
+HEADERS=$BUILD/headers-$variant
+RUST_SELFTEST=$BUILD/rust-selftest/x86_64-unknown-linux-musl/release/shadow_mmu_stats
+export LIBCLANG_PATH=${LIBCLANG_PATH:-/usr/lib/llvm-19/lib}
+if [ "$FLAVOR" = debug ] && [ -z "${KDIR:-}" ]; then
+	KMAKE_LLVM=LLVM=-19
+else
+	KMAKE_LLVM=
+fi
