@@ -10,7 +10,7 @@
 use kernel::prelude::*;
 use kernel::sync::atomic::{AtomicFlag, Relaxed};
 
-mod kvm;
+pub mod kvm;
 
 use kvm::{Accountant, Registration, ShadowPage, Vm};
 
@@ -73,7 +73,10 @@ impl Drop for KvmShadowStats {
     fn drop(&mut self) {
         if let Some(registration) = self.registration.take() {
             let vms = registration.unregister();
-            pr_info!("shadow page accounting handed back to KVM for {} VMs\n", vms);
+            pr_info!(
+                "shadow page accounting handed back to KVM for {} VMs\n",
+                vms
+            );
         }
     }
 }

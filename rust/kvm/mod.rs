@@ -185,6 +185,13 @@ pub struct Registration<T: Accountant> {
     _accountant: PhantomData<T>,
 }
 
+// SAFETY: KVM only reads the registered accountant, and registration and unregistration may
+// happen on any thread in process context, so the handle can be moved between threads.
+unsafe impl<T: Accountant> Send for Registration<T> {}
+
+// SAFETY: No method mutates shared state through `&self`.
+unsafe impl<T: Accountant> Sync for Registration<T> {}
+
 impl<T: Accountant> Registration<T> {
     /// Hands the accounting of every VM, existing and future, to `T`.
     ///

@@ -7,7 +7,8 @@
  * regions.  Each region has its own guest page table, which KVM must shadow
  * with a shadow page of its own when it runs on the shadow MMU
  * (kvm_amd.npt=0 or kvm_intel.ept=0).  The host then squeezes the VM with
- * KVM_SET_NR_MMU_PAGES, which zaps shadow pages, and finally destroys it.
+ * KVM_SET_NR_MMU_PAGES, which zaps shadow pages and keeps zapping while the
+ * guest goes on touching all the regions, and finally destroys the VM.
  * After each step the stat is printed as read from the VM's binary stats fd,
  * the VM's debugfs file and the global debugfs file.
  *
@@ -18,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+#include <linux/sizes.h>
 
 #include "kvm_util.h"
 #include "processor.h"
@@ -90,22 +93,28 @@ int main(void)
 {
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
-	vm_paddr_t data_gpa;
+	gpa_t data_gpa;
 	u64 i;
 
-	vm = vm_create_with_one_vcpu(&vcpu, guest_code);
+	/*
+	 * The library sizes the room for guest page tables by the memory a
+	 * test says it will map; one page table maps 2MiB of 4KiB pages.
+	 */
+	vm = __vm_create_with_one_vcpu(&vcpu, DEMO_MAX_REGIONS * (SZ_2M / PAGE_SIZE),
+				       guest_code);
 	/* Every region maps the same data page: only the page tables differ. */
-	data_gpa = addr_gva2gpa(vm, vm_vaddr_alloc_page(vm));
+	data_gpa = addr_gva2gpa(vm, vm_alloc_page(vm));
 	for (i = 0; i < DEMO_MAX_REGIONS; i++)
 		virt_pg_map(vm, DEMO_GVA + i * SZ_2M, data_gpa);
 
 	printf("%-44s %12s %12s %12s\n", "mmu_shadow_pages after", "stats fd",
 	       "debugfs VM", "debugfs all");
 	show(vm, "VM created");
+	/* KVM's default limit for a VM this small is the minimum, 64. */
+	limit_mmu_pages(vm, 4 * DEMO_MAX_REGIONS);
 	touch_regions(vm, vcpu, DEMO_MAX_REGIONS / 4);
 	touch_regions(vm, vcpu, DEMO_MAX_REGIONS);
 	limit_mmu_pages(vm, DEMO_MIN_MMU_PAGES);
-	limit_mmu_pages(vm, 4 * DEMO_MAX_REGIONS);
 	touch_regions(vm, vcpu, DEMO_MAX_REGIONS);
 	kvm_vm_free(vm);
 	printf("%-44s %12s %12s %12lu\n", "VM destroyed", "-", "-", read_debugfs_stat("."));
