@@ -1,0 +1,650 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A 64-bit guest whose page tables this program builds, so that the test knows exactly which
+//! guest page tables a run walks and thus how many shadow pages KVM needs for it.
+//!
+//! The guest starts directly in long mode (the vCPU's registers are set up from here, so there
+//! is no boot code) and runs a few instructions of machine code: for each address in a table it
+//! writes that address to itself, then signals completion with an `out` to [`DONE_PORT`]. Each
+//! address is in its own 2 MiB region, so that each is reached through its own guest page table
+//! page ([`TouchMapping::Small`]) or its own 2 MiB guest page ([`TouchMapping::Large`]).
+//!
+//! Guest physical memory is one memslot:
+//!
+//! | guest physical      | what                                              |
+//! |---------------------|---------------------------------------------------|
+//! | `GDT_GPA`           | GDT: null, 64-bit code, data, 64-bit TSS          |
+//! | `TSS_GPA`           | TSS, only there because a vCPU needs a valid TR   |
+//! | `CODE_GPA`          | the guest code                                    |
+//! | `TOUCH_TABLE_GPA`   | the addresses to touch, one `u64` each            |
+//! | `ALLOCATOR_START`.. | page tables and the data pages of small touches   |
+//! | `LARGE_DATA_GPA`..  | the 2 MiB data regions of large touches           |
+//!
+//! Everything below `ALLOCATOR_START` is identity-mapped; touched addresses start at
+//! [`TOUCH_BASE_GVA`]. The code uses no stack, so there is none.
+
+use std::fmt;
+use std::io;
+use std::os::raw::c_void;
+use std::ptr::NonNull;
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+
+const PAGE_SIZE: u64 = 4096;
+const LARGE_PAGE_SIZE: u64 = 2 << 20;
+
+const GDT_GPA: u64 = 0x1000;
+const TSS_GPA: u64 = 0x2000;
+const CODE_GPA: u64 = 0x3000;
+const TOUCH_TABLE_GPA: u64 = 0x4000;
+const TOUCH_TABLE_PAGES: u64 = 2;
+const ALLOCATOR_START: u64 = 0x10000;
+const LARGE_DATA_GPA: u64 = 32 << 20;
+/// 64 MiB: room for 1024 small touches below `LARGE_DATA_GPA` and 16 large ones above, and
+/// enough pages that KVM's default shadow page limit (one per 50 memslot pages, so 327) leaves
+/// the stat alone unless a test lowers it. Only the pages the test touches are ever allocated.
+const MEMORY_SIZE: u64 = 64 << 20;
+
+/// Most touches one run can make: as many addresses as fit in the table.
+pub const MAX_SMALL_TOUCHES: u64 = TOUCH_TABLE_PAGES * PAGE_SIZE / 8;
+/// Most large touches: each needs its own 2 MiB region above `LARGE_DATA_GPA`.
+pub const MAX_LARGE_TOUCHES: u64 = (MEMORY_SIZE - LARGE_DATA_GPA) / LARGE_PAGE_SIZE;
+
+/// The first touched guest virtual address, clear of the identity-mapped low memory.
+pub const TOUCH_BASE_GVA: u64 = 1 << 30;
+
+/// The I/O port the guest writes to when it has touched every address.
+pub const DONE_PORT: u16 = 0xe9;
+// The guest uses the `out imm8, al` form, which only reaches ports below 256.
+const _: () = assert!(DONE_PORT <= 0xff);
+
+/// The guest program. On entry RSI points to the table of addresses and RCX holds their count.
+#[rustfmt::skip]
+const GUEST_CODE: [u8; 15] = [
+    0xe3, 0x0a,             // next: jrcxz done
+    0x48, 0xad,             //       lodsq               ; rax = *rsi++
+    0x48, 0x89, 0x00,       //       mov [rax], rax      ; the touch
+    0x48, 0xff, 0xc9,       //       dec rcx
+    0xeb, 0xf4,             //       jmp next
+    0xe6, DONE_PORT as u8,  // done: out DONE_PORT, al
+    0xf4,                   //       hlt                 ; stops the vCPU should it be resumed
+];
+
+const PTE_PRESENT: u64 = 1 << 0;
+const PTE_WRITABLE: u64 = 1 << 1;
+const PTE_LARGE: u64 = 1 << 7;
+/// Bits 12-51 of an entry: the physical address it points to.
+const PTE_ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// RFLAGS bit 1 is reserved and always 1; everything else, notably DF and IF, is clear.
+const RFLAGS_RESERVED: u64 = 1 << 1;
+
+const CODE_SELECTOR: u16 = 0x08;
+const DATA_SELECTOR: u16 = 0x10;
+const TSS_SELECTOR: u16 = 0x18;
+/// The null, code and data descriptors and the two halves of the 64-bit TSS descriptor.
+const GDT_ENTRIES: usize = 5;
+const TSS_LIMIT: u32 = 0x67;
+
+/// How a touched address is mapped by the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TouchMapping {
+    /// A 4 KiB page, so each touch adds a guest page table page, which KVM shadows.
+    Small,
+    /// A 2 MiB page with no guest page table below it; KVM, backing it with 4 KiB host pages,
+    /// needs a direct shadow page for each.
+    Large,
+}
+
+/// What can go wrong setting up or running the guest.
+#[derive(Debug)]
+pub enum GuestError {
+    Kvm {
+        action: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    Mmap(io::Error),
+    TooManyTouches {
+        requested: u64,
+        max: u64,
+    },
+    /// The page table allocator ran into the large-page data area.
+    OutOfGuestMemory,
+    /// An access to guest memory outside the memslot, i.e. a bug in the layout.
+    OutsideGuestMemory {
+        gpa: u64,
+        len: usize,
+    },
+    /// The vCPU stopped for another reason than the guest signalling completion.
+    UnexpectedExit {
+        exit: String,
+        rip: u64,
+    },
+    /// After a run, a touched location does not hold the value the guest writes there.
+    TouchMissed {
+        gva: u64,
+        gpa: u64,
+        found: u64,
+    },
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Kvm { action, source } => write!(f, "{action}: {source}"),
+            Self::Mmap(error) => write!(f, "allocating guest memory: {error}"),
+            Self::TooManyTouches { requested, max } => {
+                write!(f, "{requested} touches requested, at most {max} possible")
+            }
+            Self::OutOfGuestMemory => write!(f, "guest page table area exhausted"),
+            Self::OutsideGuestMemory { gpa, len } => {
+                write!(
+                    f,
+                    "{len} bytes at guest physical {gpa:#x} are outside guest memory"
+                )
+            }
+            Self::UnexpectedExit { exit, rip } => {
+                write!(f, "unexpected vCPU exit {exit} at rip {rip:#x}")
+            }
+            Self::TouchMissed { gva, gpa, found } => write!(
+                f,
+                "guest did not write {gva:#x} (guest physical {gpa:#x}), found {found:#x}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for GuestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Kvm { source, .. } => Some(source),
+            Self::Mmap(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Shorthand to attach what was being done to a `kvm-ioctls` error.
+fn kvm_error(action: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> GuestError {
+    move |source| GuestError::Kvm { action, source }
+}
+
+/// Anonymous host memory backing the guest's physical memory.
+struct GuestMemory {
+    host: NonNull<u8>,
+    size: usize,
+}
+
+impl GuestMemory {
+    fn new(size: usize) -> Result<Self, GuestError> {
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing replaces
+        // nothing; the result is checked before use.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(GuestError::Mmap(io::Error::last_os_error()));
+        }
+        let host = NonNull::new(address.cast::<u8>())
+            .ok_or_else(|| GuestError::Mmap(io::Error::from(io::ErrorKind::AddrNotAvailable)))?;
+        // Owned from here on, so that an error below unmaps it.
+        let memory = Self { host, size };
+        // Large touches count on KVM backing each 2 MiB guest page with 4 KiB host pages, which
+        // it only does if the host memory is not a transparent huge page.
+        // SAFETY: the range is the mapping just made; the advice changes no contents.
+        if unsafe { libc::madvise(address, size, libc::MADV_NOHUGEPAGE) } != 0 {
+            let error = io::Error::last_os_error();
+            // EINVAL: a kernel without transparent huge pages, whose pages are all 4 KiB anyway.
+            if error.raw_os_error() != Some(libc::EINVAL) {
+                return Err(GuestError::Mmap(error));
+            }
+        }
+        Ok(memory)
+    }
+
+    /// The host pointer to `len` bytes at `gpa`, if they are all inside the memory.
+    fn host_range(&self, gpa: u64, len: usize) -> Result<*mut u8, GuestError> {
+        let outside = || GuestError::OutsideGuestMemory { gpa, len };
+        let start = usize::try_from(gpa).map_err(|_| outside())?;
+        let end = start.checked_add(len).ok_or_else(outside)?;
+        if end > self.size {
+            return Err(outside());
+        }
+        // SAFETY: `start + len` is within the mapping, as just checked.
+        Ok(unsafe { self.host.as_ptr().add(start) })
+    }
+
+    fn write_u64(&self, gpa: u64, value: u64) -> Result<(), GuestError> {
+        self.write_bytes(gpa, &value.to_ne_bytes())
+    }
+
+    fn write_bytes(&self, gpa: u64, bytes: &[u8]) -> Result<(), GuestError> {
+        let destination = self.host_range(gpa, bytes.len())?;
+        // SAFETY: the range is inside the mapping (checked above) and cannot overlap `bytes`,
+        // which Rust owns. The guest writes this memory only during KVM_RUN, which runs on this
+        // thread, so nothing writes it concurrently.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), destination, bytes.len()) };
+        Ok(())
+    }
+
+    fn read_u64(&self, gpa: u64) -> Result<u64, GuestError> {
+        let mut bytes = [0u8; 8];
+        let source = self.host_range(gpa, bytes.len())?;
+        // SAFETY: as in `write_bytes`, the range is inside the mapping and not written
+        // concurrently.
+        unsafe { std::ptr::copy_nonoverlapping(source, bytes.as_mut_ptr(), bytes.len()) };
+        Ok(u64::from_ne_bytes(bytes))
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, which nothing uses any more: the
+        // VM that used it is dropped first (see the field order of `TestVm`). A failure would
+        // only leak the mapping, so the result is not checked.
+        unsafe { libc::munmap(self.host.as_ptr().cast::<c_void>(), self.size) };
+    }
+}
+
+/// Builds 4-level page tables in guest memory, taking pages from a bump allocator.
+struct PageTableBuilder<'m> {
+    memory: &'m GuestMemory,
+    pml4: u64,
+    next_free: u64,
+    table_pages: u64,
+}
+
+impl<'m> PageTableBuilder<'m> {
+    fn new(memory: &'m GuestMemory) -> Result<Self, GuestError> {
+        let mut builder = Self {
+            memory,
+            pml4: 0,
+            next_free: ALLOCATOR_START,
+            table_pages: 0,
+        };
+        builder.pml4 = builder.allocate_table()?;
+        Ok(builder)
+    }
+
+    /// A zeroed page: fresh anonymous memory reads as zeros and each page is handed out once.
+    fn allocate_page(&mut self) -> Result<u64, GuestError> {
+        if self.next_free >= LARGE_DATA_GPA {
+            return Err(GuestError::OutOfGuestMemory);
+        }
+        let page = self.next_free;
+        self.next_free += PAGE_SIZE;
+        Ok(page)
+    }
+
+    fn allocate_table(&mut self) -> Result<u64, GuestError> {
+        let table = self.allocate_page()?;
+        self.table_pages += 1;
+        Ok(table)
+    }
+
+    /// The table that entry `index` of `table` points to, created if the entry is empty.
+    fn next_table(&mut self, table: u64, index: u64) -> Result<u64, GuestError> {
+        let entry_gpa = table + index * 8;
+        let entry = self.memory.read_u64(entry_gpa)?;
+        if entry & PTE_PRESENT != 0 {
+            return Ok(entry & PTE_ADDRESS_MASK);
+        }
+        let next = self.allocate_table()?;
+        self.memory
+            .write_u64(entry_gpa, next | PTE_PRESENT | PTE_WRITABLE)?;
+        Ok(next)
+    }
+
+    /// Maps `gva` to `gpa` with a page of the size `mapping` says.
+    fn map(&mut self, gva: u64, gpa: u64, mapping: TouchMapping) -> Result<(), GuestError> {
+        let index = |level: u32| (gva >> (12 + 9 * (level - 1))) & 0x1ff;
+        let pdpt = self.next_table(self.pml4, index(4))?;
+        let pd = self.next_table(pdpt, index(3))?;
+        match mapping {
+            TouchMapping::Small => {
+                let pt = self.next_table(pd, index(2))?;
+                self.memory
+                    .write_u64(pt + index(1) * 8, gpa | PTE_PRESENT | PTE_WRITABLE)
+            }
+            TouchMapping::Large => self.memory.write_u64(
+                pd + index(2) * 8,
+                gpa | PTE_PRESENT | PTE_WRITABLE | PTE_LARGE,
+            ),
+        }
+    }
+}
+
+/// A segment of the flat model: base 0, all 4 GiB, ring 0.
+fn flat_segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: u32::MAX,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        // A 64-bit code segment must have D clear; data segments are 32-bit sized.
+        db: u8::from(!long),
+        s: 1,
+        l: u8::from(long),
+        g: 1,
+        ..Default::default()
+    }
+}
+
+/// Execute/read, accessed.
+fn code_segment() -> kvm_segment {
+    flat_segment(CODE_SELECTOR, 0xb, true)
+}
+
+/// Read/write, accessed.
+fn data_segment() -> kvm_segment {
+    flat_segment(DATA_SELECTOR, 0x3, false)
+}
+
+/// A busy 64-bit TSS: a vCPU entering long mode must have a valid task register.
+fn tss_segment() -> kvm_segment {
+    kvm_segment {
+        base: TSS_GPA,
+        limit: TSS_LIMIT,
+        selector: TSS_SELECTOR,
+        type_: 0xb,
+        present: 1,
+        ..Default::default()
+    }
+}
+
+/// The GDT descriptor (the low 8 bytes of it, for a system segment) of `segment`, so that the
+/// GDT in guest memory says what the vCPU's segment registers hold.
+fn gdt_descriptor(segment: &kvm_segment) -> u64 {
+    let limit = if segment.g != 0 {
+        segment.limit >> 12
+    } else {
+        segment.limit
+    };
+    let limit = u64::from(limit);
+    (limit & 0xffff)
+        | (segment.base & 0xff_ffff) << 16
+        | u64::from(segment.type_ & 0xf) << 40
+        | u64::from(segment.s & 1) << 44
+        | u64::from(segment.dpl & 3) << 45
+        | u64::from(segment.present & 1) << 47
+        | (limit >> 16 & 0xf) << 48
+        | u64::from(segment.avl & 1) << 52
+        | u64::from(segment.l & 1) << 53
+        | u64::from(segment.db & 1) << 54
+        | u64::from(segment.g & 1) << 55
+        | (segment.base >> 24 & 0xff) << 56
+}
+
+/// One touched address and where it lands in guest physical memory.
+#[derive(Debug, Clone, Copy)]
+struct Touch {
+    gva: u64,
+    gpa: u64,
+}
+
+/// Guest memory with everything the guest needs in place: page tables, GDT, code and the
+/// table of addresses to touch.
+struct GuestImage {
+    memory: GuestMemory,
+    touches: Vec<Touch>,
+    pml4: u64,
+    guest_table_pages: u64,
+}
+
+impl GuestImage {
+    fn build(mapping: TouchMapping, count: u64) -> Result<Self, GuestError> {
+        let max = match mapping {
+            TouchMapping::Small => MAX_SMALL_TOUCHES,
+            TouchMapping::Large => MAX_LARGE_TOUCHES,
+        };
+        if count > max {
+            return Err(GuestError::TooManyTouches {
+                requested: count,
+                max,
+            });
+        }
+
+        let memory = GuestMemory::new(MEMORY_SIZE as usize)?;
+        let mut tables = PageTableBuilder::new(&memory)?;
+        for page in (GDT_GPA..ALLOCATOR_START).step_by(PAGE_SIZE as usize) {
+            tables.map(page, page, TouchMapping::Small)?;
+        }
+        let mut touches = Vec::new();
+        for index in 0..count {
+            let gva = TOUCH_BASE_GVA + index * LARGE_PAGE_SIZE;
+            let gpa = match mapping {
+                TouchMapping::Small => tables.allocate_page()?,
+                TouchMapping::Large => LARGE_DATA_GPA + index * LARGE_PAGE_SIZE,
+            };
+            tables.map(gva, gpa, mapping)?;
+            memory.write_u64(TOUCH_TABLE_GPA + index * 8, gva)?;
+            touches.push(Touch { gva, gpa });
+        }
+        let (pml4, guest_table_pages) = (tables.pml4, tables.table_pages);
+
+        let gdt: [u64; GDT_ENTRIES] = [
+            0,
+            gdt_descriptor(&code_segment()),
+            gdt_descriptor(&data_segment()),
+            gdt_descriptor(&tss_segment()),
+            // The upper half of the 16-byte TSS descriptor: bits 32-63 of the base.
+            TSS_GPA >> 32,
+        ];
+        for (slot, descriptor) in (0u64..).zip(gdt) {
+            memory.write_u64(GDT_GPA + slot * 8, descriptor)?;
+        }
+        memory.write_bytes(CODE_GPA, &GUEST_CODE)?;
+
+        Ok(Self {
+            memory,
+            touches,
+            pml4,
+            guest_table_pages,
+        })
+    }
+}
+
+/// Puts `vcpu` in 64-bit mode with the flat segments of the GDT and paging rooted at `pml4`.
+fn enter_long_mode(vcpu: &VcpuFd, pml4: u64) -> Result<(), GuestError> {
+    let mut sregs = vcpu.get_sregs().map_err(kvm_error("KVM_GET_SREGS"))?;
+    let data = data_segment();
+    sregs.cs = code_segment();
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.tr = tss_segment();
+    sregs.ldt = kvm_segment {
+        unusable: 1,
+        ..Default::default()
+    };
+    sregs.gdt.base = GDT_GPA;
+    sregs.gdt.limit = (GDT_ENTRIES * 8 - 1) as u16;
+    // No IDT: any exception becomes a triple fault, which shows up as an unexpected exit.
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    sregs.cr3 = pml4;
+    sregs.cr4 = CR4_PAE;
+    sregs.efer = EFER_LME | EFER_LMA;
+    vcpu.set_sregs(&sregs).map_err(kvm_error("KVM_SET_SREGS"))
+}
+
+/// A VM with one vCPU running the touching guest.
+pub struct TestVm {
+    // Field order is drop order: the vCPU and the VM go before the memory they use.
+    vcpu: VcpuFd,
+    vm: VmFd,
+    memory: GuestMemory,
+    touches: Vec<Touch>,
+    guest_table_pages: u64,
+}
+
+impl TestVm {
+    /// A VM whose guest touches `count` addresses mapped as `mapping` says.
+    pub fn new(kvm: &Kvm, mapping: TouchMapping, count: u64) -> Result<Self, GuestError> {
+        let image = GuestImage::build(mapping, count)?;
+
+        let vm = kvm.create_vm().map_err(kvm_error("KVM_CREATE_VM"))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: MEMORY_SIZE,
+            userspace_addr: image.memory.host.as_ptr() as u64,
+        };
+        // SAFETY: the region is the mapping `image.memory` owns, which outlives the VM (field
+        // order of `TestVm`), so KVM never sees it unmapped while the guest can run.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_error("KVM_SET_USER_MEMORY_REGION"))?;
+
+        let vcpu = vm.create_vcpu(0).map_err(kvm_error("KVM_CREATE_VCPU"))?;
+        // KVM refuses long mode in the sregs unless the vCPU's CPUID has it.
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_error("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(kvm_error("KVM_SET_CPUID2"))?;
+        enter_long_mode(&vcpu, image.pml4)?;
+
+        Ok(Self {
+            vcpu,
+            vm,
+            memory: image.memory,
+            touches: image.touches,
+            guest_table_pages: image.guest_table_pages,
+        })
+    }
+
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// How many guest page table pages (PML4, PDPTs, PDs, PTs) the guest's run walks.
+    pub fn guest_table_pages(&self) -> u64 {
+        self.guest_table_pages
+    }
+
+    /// Runs the guest from the start until it has touched every address, and checks that
+    /// every touch reached guest memory.
+    pub fn run(&mut self) -> Result<(), GuestError> {
+        // Cleared first so that a second run is checked as strictly as the first.
+        for touch in &self.touches {
+            self.memory.write_u64(touch.gpa, 0)?;
+        }
+        let regs = kvm_regs {
+            rip: CODE_GPA,
+            rsi: TOUCH_TABLE_GPA,
+            rcx: self.touches.len() as u64,
+            rflags: RFLAGS_RESERVED,
+            ..Default::default()
+        };
+        self.vcpu
+            .set_regs(&regs)
+            .map_err(kvm_error("KVM_SET_REGS"))?;
+
+        loop {
+            let exit = match self.vcpu.run() {
+                Ok(VcpuExit::IoOut(DONE_PORT, _)) => break,
+                Ok(exit) => format!("{exit:?}"),
+                // A signal interrupted KVM_RUN; the guest simply goes on.
+                Err(error) if error.errno() == libc::EINTR => continue,
+                Err(error) => return Err(kvm_error("KVM_RUN")(error)),
+            };
+            let rip = self.vcpu.get_regs().map_err(kvm_error("KVM_GET_REGS"))?.rip;
+            return Err(GuestError::UnexpectedExit { exit, rip });
+        }
+
+        for touch in &self.touches {
+            let found = self.memory.read_u64(touch.gpa)?;
+            if found != touch.gva {
+                return Err(GuestError::TouchMissed {
+                    gva: touch.gva,
+                    gpa: touch.gpa,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the guest's only memslot, which makes KVM zap the shadow pages of its memory.
+    /// The guest cannot run afterwards.
+    pub fn delete_memory(&self) -> Result<(), GuestError> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            memory_size: 0,
+            ..Default::default()
+        };
+        // SAFETY: a zero-sized region deletes the slot; KVM stops using the memory.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm_error("KVM_SET_USER_MEMORY_REGION (delete)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gdt_descriptors_match_the_classic_encodings() {
+        assert_eq!(gdt_descriptor(&code_segment()), 0x00af_9b00_0000_ffff);
+        assert_eq!(gdt_descriptor(&data_segment()), 0x00cf_9300_0000_ffff);
+        assert_eq!(gdt_descriptor(&tss_segment()), 0x0000_8b00_2000_0067);
+    }
+
+    #[test]
+    fn small_touches_each_add_a_page_table() {
+        let memory = GuestMemory::new(MEMORY_SIZE as usize).expect("mmap");
+        let mut tables = PageTableBuilder::new(&memory).expect("builder");
+        tables
+            .map(GDT_GPA, GDT_GPA, TouchMapping::Small)
+            .expect("map");
+        // PML4, PDPT, PD and PT for the low memory.
+        assert_eq!(tables.table_pages, 4);
+        for index in 0..3 {
+            let gva = TOUCH_BASE_GVA + index * LARGE_PAGE_SIZE;
+            tables.map(gva, 0x8000, TouchMapping::Small).expect("map");
+        }
+        // A PD for the second GiB and a PT per touch.
+        assert_eq!(tables.table_pages, 4 + 1 + 3);
+        for index in 3..6 {
+            let gva = TOUCH_BASE_GVA + index * LARGE_PAGE_SIZE;
+            tables
+                .map(gva, LARGE_DATA_GPA, TouchMapping::Large)
+                .expect("map");
+        }
+        assert_eq!(tables.table_pages, 8);
+    }
+
+    #[test]
+    fn guest_memory_accesses_are_bounds_checked() {
+        let memory = GuestMemory::new(MEMORY_SIZE as usize).expect("mmap");
+        memory.write_u64(MEMORY_SIZE - 8, 7).expect("last word");
+        assert_eq!(memory.read_u64(MEMORY_SIZE - 8).expect("last word"), 7);
+        assert!(matches!(
+            memory.read_u64(MEMORY_SIZE - 4),
+            Err(GuestError::OutsideGuestMemory { .. })
+        ));
+        assert!(matches!(
+            memory.write_u64(u64::MAX, 0),
+            Err(GuestError::OutsideGuestMemory { .. })
+        ));
+    }
+}
