@@ -12,12 +12,20 @@
  * After each step the stat is printed as read from the VM's binary stats fd,
  * the VM's debugfs file and the global debugfs file.
  *
+ * With "--churn ROUNDS" (0: until killed) it is instead a quiet workload for
+ * benchmarks and stress tests: every round the guest touches all regions
+ * under one of two page-table roots, and the host zaps through the page
+ * limit and, every few rounds, by deleting and re-adding the data memslot.
+ * It prints how long the rounds took by CLOCK_MONOTONIC.
+ *
  * Built with the KVM selftest library; the stat means the same whether KVM
  * or a registered accountant such as kvm_shadow_stats.ko maintains it.
  */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/sizes.h>
@@ -26,11 +34,17 @@
 #include "processor.h"
 
 #define DEMO_GVA		0x40000000UL
+#define DEMO_DATA_GPA		0x10000000UL
+#define DEMO_DATA_SLOT		1
 #define DEMO_MAX_REGIONS	256
 #define DEMO_MIN_MMU_PAGES	64	/* KVM_MIN_ALLOC_MMU_PAGES */
+#define DEMO_MMU_PAGES		(4 * DEMO_MAX_REGIONS)
+#define CHURN_SLOT_EVERY	8
 
 /* Number of 2MiB regions the guest touches on its next pass. */
 static u64 nr_regions;
+/* Two page-table roots with the same mappings, or 0 to stay on one. */
+static u64 root_a, root_b;
 
 static void guest_code(void)
 {
@@ -40,6 +54,9 @@ static void guest_code(void)
 		for (i = 0; i < READ_ONCE(nr_regions); i++)
 			WRITE_ONCE(*(u64 *)(DEMO_GVA + i * SZ_2M), i);
 		GUEST_SYNC(nr_regions);
+		/* A new CR3 makes KVM find or build another shadow root. */
+		if (root_a)
+			set_cr3(get_cr3() == root_a ? root_b : root_a);
 	}
 }
 
@@ -67,56 +84,115 @@ static void show(struct kvm_vm *vm, const char *step)
 	fflush(stdout);
 }
 
-static void touch_regions(struct kvm_vm *vm, struct kvm_vcpu *vcpu, u64 nr)
+static void run_pass(struct kvm_vm *vm, struct kvm_vcpu *vcpu, u64 nr)
 {
 	struct ucall uc;
-	char step[64];
 
 	nr_regions = nr;
 	sync_global_to_guest(vm, nr_regions);
 	vcpu_run(vcpu);
-	TEST_ASSERT_EQ(get_ucall(vcpu, &uc), UCALL_SYNC);
-	snprintf(step, sizeof(step), "guest touched %lu regions of 2MiB", nr);
-	show(vm, step);
+	TEST_ASSERT(get_ucall(vcpu, &uc) == UCALL_SYNC,
+		    "guest stopped with ucall %lu instead of a sync", uc.cmd);
 }
 
-static void limit_mmu_pages(struct kvm_vm *vm, u64 limit)
+static void set_mmu_pages(struct kvm_vm *vm, u64 limit)
 {
-	char step[64];
-
 	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)limit);
-	snprintf(step, sizeof(step), "KVM_SET_NR_MMU_PAGES %lu", limit);
-	show(vm, step);
 }
 
-int main(void)
+static struct kvm_vm *create_vm(struct kvm_vcpu **vcpu)
 {
-	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
-	gpa_t data_gpa;
 	u64 i;
 
 	/*
 	 * The library sizes the room for guest page tables by the memory a
 	 * test says it will map; one page table maps 2MiB of 4KiB pages.
 	 */
-	vm = __vm_create_with_one_vcpu(&vcpu, DEMO_MAX_REGIONS * (SZ_2M / PAGE_SIZE),
+	vm = __vm_create_with_one_vcpu(vcpu, DEMO_MAX_REGIONS * (SZ_2M / PAGE_SIZE),
 				       guest_code);
-	/* Every region maps the same data page: only the page tables differ. */
-	data_gpa = addr_gva2gpa(vm, vm_alloc_page(vm));
+	/*
+	 * Every region maps the same data page, in a memslot of its own so
+	 * that deleting it zaps shadow pages without touching the page tables.
+	 */
+	vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, DEMO_DATA_GPA,
+				    DEMO_DATA_SLOT, 1, 0);
 	for (i = 0; i < DEMO_MAX_REGIONS; i++)
-		virt_pg_map(vm, DEMO_GVA + i * SZ_2M, data_gpa);
+		virt_pg_map(vm, DEMO_GVA + i * SZ_2M, DEMO_DATA_GPA);
+	set_mmu_pages(vm, DEMO_MMU_PAGES);
+	return vm;
+}
+
+static void demo(void)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	char step[64];
+	u64 nr;
 
 	printf("%-44s %12s %12s %12s\n", "mmu_shadow_pages after", "stats fd",
 	       "debugfs VM", "debugfs all");
+	vm = create_vm(&vcpu);
 	show(vm, "VM created");
-	/* KVM's default limit for a VM this small is the minimum, 64. */
-	limit_mmu_pages(vm, 4 * DEMO_MAX_REGIONS);
-	touch_regions(vm, vcpu, DEMO_MAX_REGIONS / 4);
-	touch_regions(vm, vcpu, DEMO_MAX_REGIONS);
-	limit_mmu_pages(vm, DEMO_MIN_MMU_PAGES);
-	touch_regions(vm, vcpu, DEMO_MAX_REGIONS);
+	for (nr = DEMO_MAX_REGIONS / 4; nr <= DEMO_MAX_REGIONS; nr *= 4) {
+		run_pass(vm, vcpu, nr);
+		snprintf(step, sizeof(step), "guest touched %lu regions of 2MiB", nr);
+		show(vm, step);
+	}
+	set_mmu_pages(vm, DEMO_MIN_MMU_PAGES);
+	show(vm, "KVM_SET_NR_MMU_PAGES 64");
+	run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+	show(vm, "guest touched 256 regions under that limit");
 	kvm_vm_free(vm);
 	printf("%-44s %12s %12s %12lu\n", "VM destroyed", "-", "-", read_debugfs_stat("."));
+}
+
+static u64 now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static void churn(u64 rounds)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	u64 round, start;
+
+	vm = create_vm(&vcpu);
+	root_a = vm->mmu.pgd;
+	root_b = vm_alloc_page_table(vm);
+	memcpy(addr_gpa2hva(vm, root_b), addr_gpa2hva(vm, root_a), PAGE_SIZE);
+	sync_global_to_guest(vm, root_a);
+	sync_global_to_guest(vm, root_b);
+	/* Warm up: fault in everything once before the clock starts. */
+	run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+
+	start = now_ns();
+	for (round = 1; !rounds || round <= rounds; round++) {
+		run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+		set_mmu_pages(vm, DEMO_MIN_MMU_PAGES);
+		set_mmu_pages(vm, DEMO_MMU_PAGES);
+		if (round % CHURN_SLOT_EVERY)
+			continue;
+		vm_mem_region_delete(vm, DEMO_DATA_SLOT);
+		vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, DEMO_DATA_GPA,
+					    DEMO_DATA_SLOT, 1, 0);
+	}
+	printf("churn: %lu rounds in %lu ns, mmu_shadow_pages %lu\n", rounds,
+	       now_ns() - start, vm_get_stat(vm, mmu_shadow_pages));
+	kvm_vm_free(vm);
+}
+
+int main(int argc, char *argv[])
+{
+	if (argc == 3 && !strcmp(argv[1], "--churn"))
+		churn(strtoull(argv[2], NULL, 0));
+	else if (argc == 1)
+		demo();
+	else
+		TEST_FAIL("usage: %s [--churn ROUNDS]", argv[0]);
 	return 0;
 }
