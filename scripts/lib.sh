@@ -10,9 +10,10 @@ FLAVOR=${FLAVOR:-base}
 
 die() { echo "$(basename "$0"): error: $*" >&2; exit 1; }
 
+# stock is Debian's kernel without the patches, for benchmarks.
 case "$FLAVOR" in
-base | debug) ;;
-*) die "unknown FLAVOR '$FLAVOR' (known: base, debug)" ;;
+base | debug | stock) ;;
+*) die "unknown FLAVOR '$FLAVOR' (known: base, debug, stock)" ;;
 esac
 
 if [ -n "${KDIR:-}" ]; then
@@ -30,6 +31,7 @@ if [ -n "${KDIR:-}" ]; then
 	variant=kdir
 else
 	KSRC=$BUILD/linux-$KVER
+	[ "$FLAVOR" != stock ] || KSRC=$BUILD/linux-$KVER-stock
 	KBUILD=$BUILD/kbuild-$KVER-$FLAVOR
 	KRELEASE="linux-source-$KVER $(cat "$BUILD/cache/linux-source-$KVER/.debian-version" 2>/dev/null || echo '(not fetched yet)')"
 	variant=$KVER-$FLAVOR
@@ -37,8 +39,9 @@ fi
 BZIMAGE=$KBUILD/arch/x86/boot/bzImage
 MODDIR=$BUILD/module-$variant
 MODULE=$MODDIR/rust/kvm_shadow_stats.ko
-SELFTESTS=$BUILD/selftests-$variant
-HEADERS=$BUILD/headers-$variant
+# Static userspace binaries, the same for every flavor of a kernel.
+SELFTESTS=$BUILD/selftests-${variant%-*}
+HEADERS=$BUILD/headers-${variant%-*}
 RUST_SELFTEST=$BUILD/rust-selftest/x86_64-unknown-linux-musl/release/shadow_mmu_stats
 export LIBCLANG_PATH=${LIBCLANG_PATH:-/usr/lib/llvm-19/lib}
 if [ "$FLAVOR" = debug ] && [ -z "${KDIR:-}" ]; then

@@ -16,7 +16,8 @@
  * benchmarks and stress tests: every round the guest touches all regions
  * under one of two page-table roots, and the host zaps through the page
  * limit and, every few rounds, by deleting and re-adding the data memslot.
- * It prints how long the rounds took by CLOCK_MONOTONIC.
+ * It prints how long the rounds took by CLOCK_MONOTONIC.  With "--hold" it
+ * builds the shadow page tables once and then keeps the VM until killed.
  *
  * Built with the KVM selftest library; the stat means the same whether KVM
  * or a registered accountant such as kvm_shadow_stats.ko maintains it.
@@ -155,7 +156,7 @@ static u64 now_ns(void)
 	return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
-static void churn(u64 rounds)
+static void run_churn(u64 rounds)
 {
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
@@ -186,13 +187,27 @@ static void churn(u64 rounds)
 	kvm_vm_free(vm);
 }
 
+static void hold(void)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+
+	vm = create_vm(&vcpu);
+	run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+	printf("holding %lu shadow pages\n", vm_get_stat(vm, mmu_shadow_pages));
+	fflush(stdout);
+	pause();
+}
+
 int main(int argc, char *argv[])
 {
 	if (argc == 3 && !strcmp(argv[1], "--churn"))
-		churn(strtoull(argv[2], NULL, 0));
+		run_churn(strtoull(argv[2], NULL, 0));
+	else if (argc == 2 && !strcmp(argv[1], "--hold"))
+		hold();
 	else if (argc == 1)
 		demo();
 	else
-		TEST_FAIL("usage: %s [--churn ROUNDS]", argv[0]);
+		TEST_FAIL("usage: %s [--churn ROUNDS | --hold]", argv[0]);
 	return 0;
 }
