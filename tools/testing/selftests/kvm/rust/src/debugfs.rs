@@ -103,11 +103,16 @@ impl KvmDebugfs {
         Ok(dirs)
     }
 
+    /// The value of `stat` in `vm_dir`, one of the directories [`Self::vm_dirs`] lists.
+    pub fn stat_in(&self, vm_dir: &Path, stat: &str) -> Result<u64, DebugfsError> {
+        read_number(&vm_dir.join(stat))
+    }
+
     /// `stat` added up over the directories of all VMs, to compare with [`Self::global`].
     pub fn sum_over_vms(&self, stat: &str) -> Result<u64, DebugfsError> {
         self.vm_dirs()?
             .iter()
-            .map(|dir| read_number(&dir.join(stat)))
+            .map(|dir| self.stat_in(dir, stat))
             .try_fold(0u64, |sum, value| Ok(sum.saturating_add(value?)))
     }
 }
