@@ -42,7 +42,9 @@ MODULE=$MODDIR/rust/kvm_shadow_stats.ko
 # Static userspace binaries, the same for every flavor of a kernel.
 SELFTESTS=$BUILD/selftests-${variant%-*}
 HEADERS=$BUILD/headers-${variant%-*}
-RUST_SELFTEST=$BUILD/rust-selftest/x86_64-unknown-linux-musl/release/shadow_mmu_stats
+# The Rust selftest and the Rust sample, static musl binaries.
+RUST_BINARIES=$BUILD/rust-selftest/x86_64-unknown-linux-musl/release
+RUST_SELFTEST=$RUST_BINARIES/shadow_mmu_stats
 export LIBCLANG_PATH=${LIBCLANG_PATH:-/usr/lib/llvm-19/lib}
 if [ "$FLAVOR" = debug ] && [ -z "${KDIR:-}" ]; then
 	KMAKE_LLVM=LLVM=-19
