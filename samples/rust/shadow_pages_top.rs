@@ -5,6 +5,7 @@
 //!
 //! debugfs names a VM's directory `<pid>-<vm fd>`, so the pid tells which process owns it.
 
+use std::cmp::Reverse;
 use std::io::ErrorKind;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,7 +25,7 @@ fn print_table(debugfs: &KvmDebugfs) -> Result<(), DebugfsError> {
             Err(error) => return Err(error),
         }
     }
-    vms.sort_by(|a, b| b.0.cmp(&a.0));
+    vms.sort_by_key(|(pages, _)| Reverse(*pages));
     println!("{:>12}  all VMs", debugfs.global(STAT)?);
     for (pages, dir) in vms {
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
