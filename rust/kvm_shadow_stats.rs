@@ -42,8 +42,8 @@ impl Accountant for ShadowPageCounter {
         // 2^64 - 1, which would make KVM's page limit zap every shadow page on the next fault.
         if !UNDERFLOW_REPORTED.xchg(true, Relaxed) {
             pr_err!(
-                "mmu_shadow_pages would underflow: VM {:#x}, gfn {:#x}, role {:?}\n",
-                vm.id(),
+                "mmu_shadow_pages would underflow: {}, gfn {:#x}, role {:?}\n",
+                vm.name(),
                 page.gfn(),
                 page.role()
             );

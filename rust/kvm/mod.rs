@@ -10,7 +10,7 @@
 //! that the lock is held: the borrow checker, not a comment, keeps them from escaping.
 
 use core::marker::PhantomData;
-use kernel::{bindings, error::to_result, prelude::*};
+use kernel::{bindings, error::to_result, prelude::*, str::CStrExt};
 
 /// A VM, lent to an [`Accountant`] callback.
 ///
@@ -59,9 +59,11 @@ impl Vm<'_> {
         unsafe { self.shadow_pages_stat().write_volatile(pages) }
     }
 
-    /// An opaque identifier of the VM, stable for its lifetime, for log messages.
-    pub fn id(&self) -> usize {
-        self.kvm as usize
+    /// The VM's name in KVM's own messages, `kvm-<pid>`.
+    pub fn name(&self) -> &CStr {
+        // SAFETY: By the type invariant `self.kvm` is a live VM. Its `stats_id` is a NUL-terminated
+        // string that KVM writes once, when it creates the VM, so it outlives the borrow of `self`.
+        unsafe { CStr::from_char_ptr(bindings::kvm_stats_id(self.kvm)) }
     }
 }
 
