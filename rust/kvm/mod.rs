@@ -16,9 +16,11 @@ use kernel::{bindings, error::to_result, prelude::*, str::CStrExt};
 ///
 /// # Invariants
 ///
-/// `kvm` points to a live `struct kvm` whose `mmu_lock` is held for write for all of `'a`.
+/// `kvm` points to a live `struct kvm` whose `mmu_lock` is held for write for all of `'a`, and
+/// `shadow_pages` points to that VM's `mmu_shadow_pages` stat.
 pub struct Vm<'a> {
     kvm: *mut bindings::kvm,
+    shadow_pages: *mut u64,
     _mmu_lock: PhantomData<&'a mut bindings::kvm>,
 }
 
@@ -30,23 +32,21 @@ impl Vm<'_> {
     /// `kvm` must point to a live VM whose `mmu_lock` is held for write for the lifetime of the
     /// returned value.
     unsafe fn from_raw(kvm: *mut bindings::kvm) -> Self {
-        // INVARIANT: Guaranteed by the caller.
+        // INVARIANT: `kvm` is guaranteed by the caller. The stat's address is looked up once per
+        // callback, as the helper that knows it cannot be inlined into a module.
         Self {
             kvm,
+            // SAFETY: The caller guarantees that `kvm` is a live VM.
+            shadow_pages: unsafe { bindings::kvm_mmu_shadow_pages_stat(kvm) },
             _mmu_lock: PhantomData,
         }
-    }
-
-    fn shadow_pages_stat(&self) -> *mut u64 {
-        // SAFETY: By the type invariant `self.kvm` is a live VM.
-        unsafe { bindings::kvm_mmu_shadow_pages_stat(self.kvm) }
     }
 
     /// The VM's `mmu_shadow_pages` stat.
     pub fn shadow_pages(&self) -> u64 {
         // SAFETY: The stat is a valid, aligned `u64` inside the live VM. Writers are serialized by
         // `mmu_lock`, held by the type invariant, so the value cannot change under us.
-        unsafe { self.shadow_pages_stat().read_volatile() }
+        unsafe { self.shadow_pages.read_volatile() }
     }
 
     /// Sets the VM's `mmu_shadow_pages` stat.
@@ -56,7 +56,7 @@ impl Vm<'_> {
     pub fn set_shadow_pages(&mut self, pages: u64) {
         // SAFETY: As in `shadow_pages()`; `&mut self` makes this the only writer for the duration
         // of the store, and lockless readers only ever load the whole aligned word.
-        unsafe { self.shadow_pages_stat().write_volatile(pages) }
+        unsafe { self.shadow_pages.write_volatile(pages) }
     }
 
     /// The VM's name in KVM's own messages, `kvm-<pid>`.
