@@ -58,7 +58,13 @@ struct KvmShadowStats {
 
 impl kernel::Module for KvmShadowStats {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        let registration = Registration::new(module)?;
+        // The loader reports only the errno: say what failed.
+        let registration = Registration::new(module).inspect_err(|err| {
+            pr_err!(
+                "cannot take over shadow page accounting: error {}\n",
+                err.to_errno()
+            );
+        })?;
         pr_info!(
             "accounting shadow pages; took over {} VMs\n",
             registration.vms_taken_over()

@@ -8,7 +8,8 @@
  * NPT tables under nested NPT, guest huge pages that small host pages back),
  * drop when KVM zaps, agree between the binary stats fd and debugfs, vanish
  * with its VM, and stay exact when kvm_shadow_stats.ko takes the accounting
- * over from KVM, or hands it back, while VMs hold shadow pages.
+ * over from KVM, or hands it back, while VMs hold shadow pages, or fails to
+ * load because an allocation failed.
  *
  * Every guest touches the first page of each of a number of 2MiB regions, so
  * that each touch needs a page table (or, under a 2MiB guest mapping, a
@@ -48,6 +49,15 @@
 #define KVM_DEBUGFS		"/sys/kernel/debug/kvm"
 #define MODULE_NAME		"kvm_shadow_stats"
 #define MODULE_ENV		"KVM_SHADOW_STATS_MODULE"
+
+#define FAULT_DEBUGFS		"/sys/kernel/debug"
+/* Far more fault-injectable allocations than one module load makes. */
+#define MAX_LOAD_ALLOCATIONS	20000
+/* How many of a load's last allocations, how often, to fail at most. */
+#define TAIL_ALLOCATIONS	32
+#define TAIL_ROUNDS		16
+/* What the module logs when its init fails. */
+#define MODULE_INIT_FAILED	"cannot take over shadow page accounting"
 
 enum touch_mapping {
 	/* One 4KiB page per region: one guest page table each. */
@@ -715,6 +725,304 @@ TEST(module_handover)
 	TEST_ASSERT(global_shadow_pages() == global,
 		    "Global mmu_shadow_pages is %lu with the test's VMs gone, expected %lu",
 		    global_shadow_pages(), global);
+}
+
+/* Zap down to KVM's lowest page limit, then lift it and grow back. */
+static void zap_and_regrow(struct kvm_vcpu *vcpu, u64 counts[2])
+{
+	vm_ioctl(vcpu->vm, KVM_SET_NR_MMU_PAGES, (void *)KVM_MIN_MMU_PAGES);
+	counts[0] = checked_shadow_pages(vcpu->vm);
+	vm_ioctl(vcpu->vm, KVM_SET_NR_MMU_PAGES, (void *)AMPLE_MMU_PAGES);
+	touch_regions(vcpu, MANY_REGIONS);
+	counts[1] = checked_shadow_pages(vcpu->vm);
+}
+
+static void assert_zap_and_regrow(struct kvm_vcpu *vcpu, const u64 expected[2],
+				  unsigned int nth, const char *when)
+{
+	u64 counts[2];
+
+	zap_and_regrow(vcpu, counts);
+	TEST_ASSERT(counts[0] == expected[0] && counts[1] == expected[1],
+		    "Allocation %u failing, %s: zap and regrow gave %lu and %lu shadow pages, expected %lu and %lu as in the reference run",
+		    nth, when, counts[0], counts[1], expected[0], expected[1]);
+}
+
+/*
+ * Fault injection through /proc/thread-self/fail-nth fails only the nth
+ * allocation of this task, whatever the fault attributes' probability, but
+ * by default not one that may sleep, nor a single page.
+ */
+static const struct {
+	const char *file;
+	const char *value;
+} fault_attrs[] = {
+	{ FAULT_DEBUGFS "/failslab/ignore-gfp-wait", "N" },
+	{ FAULT_DEBUGFS "/fail_page_alloc/ignore-gfp-wait", "N" },
+	{ FAULT_DEBUGFS "/fail_page_alloc/ignore-gfp-highmem", "N" },
+	{ FAULT_DEBUGFS "/fail_page_alloc/min-order", "0" },
+	{ FAULT_DEBUGFS "/failslab/verbose", "0" },
+	{ FAULT_DEBUGFS "/fail_page_alloc/verbose", "0" },
+};
+
+static void write_file(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY);
+	ssize_t len = strlen(value);
+
+	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
+	TEST_ASSERT(write(fd, value, len) == len,
+		    "Failed to write '%s' to %s", value, path);
+	close(fd);
+}
+
+static void read_file(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t len;
+
+	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
+	len = read(fd, buf, size - 1);
+	TEST_ASSERT(len > 0, "Failed to read %s", path);
+	buf[len] = '\0';
+	close(fd);
+}
+
+/*
+ * finit_module() with the @nth fault-injectable allocation of this task made
+ * to fail.  Returns 0 or the load's errno, and in *@left how many allocations
+ * short of @nth the load stopped: 0 if a failure was injected.
+ */
+static int load_module_failing_nth(int module_fd, int fail_nth_fd,
+				   unsigned int nth, unsigned int *left)
+{
+	char buf[16];
+	int len, r, err;
+
+	len = snprintf(buf, sizeof(buf), "%u", nth);
+	TEST_ASSERT(pwrite(fail_nth_fd, buf, len, 0) == len,
+		    "Failed to write %u to fail-nth", nth);
+	r = syscall(SYS_finit_module, module_fd, "", 0);
+	err = errno;
+
+	/* The countdown stops at 0 on the failure it injects. */
+	len = pread(fail_nth_fd, buf, sizeof(buf) - 1, 0);
+	TEST_ASSERT(len > 0, "Failed to read fail-nth");
+	buf[len] = '\0';
+	*left = strtoul(buf, NULL, 10);
+	TEST_ASSERT(pwrite(fail_nth_fd, "0", 1, 0) == 1,
+		    "Failed to reset fail-nth");
+	return r ? err : 0;
+}
+
+/* True if the module logged, since the last call, that its init failed. */
+static bool module_init_failed_since(int kmsg_fd)
+{
+	char record[8192];
+	bool found = false;
+	ssize_t len;
+
+	for (;;) {
+		len = read(kmsg_fd, record, sizeof(record) - 1);
+		/* Records overwritten before they were read: go on after them. */
+		if (len < 0 && errno == EPIPE)
+			continue;
+		if (len <= 0)
+			break;
+		record[len] = '\0';
+		if (strstr(record, MODULE_NAME ": " MODULE_INIT_FAILED))
+			found = true;
+	}
+	TEST_ASSERT(len < 0 && errno == EAGAIN, "Failed to read /dev/kmsg");
+	return found;
+}
+
+struct fault_sweep {
+	struct kvm_vcpu *vcpu;
+	const char *module;
+	int module_fd;
+	int fail_nth_fd;
+	int kmsg_fd;
+	/* The VM's count after a zap, and after the regrow. */
+	u64 expected[2];
+	unsigned int nr_failed;
+	unsigned int nr_init_failed;
+	unsigned int nr_loaded;
+};
+
+/*
+ * Loads the module with the @nth allocation failing: the load must fail with
+ * ENOMEM and leave nothing loaded, or succeed, and whoever is in charge
+ * afterwards must count exactly.  Returns false if the load made fewer than
+ * @nth allocations.
+ */
+static bool faulted_load(struct fault_sweep *sweep, unsigned int nth)
+{
+	struct kvm_vm *vm = sweep->vcpu->vm;
+	unsigned int left;
+	u64 count;
+	int err;
+
+	err = load_module_failing_nth(sweep->module_fd, sweep->fail_nth_fd,
+				      nth, &left);
+	count = checked_shadow_pages(vm);
+	TEST_ASSERT(count == sweep->expected[1],
+		    "Allocation %u failing: mmu_shadow_pages is %lu after the load, expected %lu as before",
+		    nth, count, sweep->expected[1]);
+	if (err) {
+		TEST_ASSERT(err == ENOMEM && !left,
+			    "Allocation %u failing: the load failed with %s, expected ENOMEM",
+			    nth, strerror(err));
+		TEST_ASSERT(!module_loaded(),
+			    "Allocation %u failing: the load failed, but %s is loaded",
+			    nth, MODULE_NAME);
+		sweep->nr_failed++;
+		if (module_init_failed_since(sweep->kmsg_fd))
+			sweep->nr_init_failed++;
+	} else {
+		TEST_ASSERT(module_loaded(),
+			    "Allocation %u failing: the load succeeded, but %s is not loaded",
+			    nth, MODULE_NAME);
+		assert_zap_and_regrow(sweep->vcpu, sweep->expected, nth,
+				      "with the module loaded");
+		toggle_module(sweep->module);
+		if (!left)
+			sweep->nr_loaded++;
+	}
+	assert_zap_and_regrow(sweep->vcpu, sweep->expected, nth,
+			      "after the load");
+	return !left;
+}
+
+/* The number of fault-injectable allocations of a load without failures. */
+static unsigned int load_allocations(struct fault_sweep *sweep)
+{
+	unsigned int left;
+	int err;
+
+	err = load_module_failing_nth(sweep->module_fd, sweep->fail_nth_fd,
+				      MAX_LOAD_ALLOCATIONS, &left);
+	TEST_ASSERT(!err, "Loading " MODULE_NAME " failed: %s", strerror(err));
+	toggle_module(sweep->module);
+	TEST_ASSERT(left, "A load made %u allocations or more",
+		    MAX_LOAD_ALLOCATIONS);
+	return MAX_LOAD_ALLOCATIONS - left;
+}
+
+FIXTURE(module_load_faults) {
+	char saved[ARRAY_SIZE(fault_attrs)][16];
+	int nr_changed;
+};
+
+FIXTURE_SETUP(module_load_faults)
+{
+	const char *module = getenv(MODULE_ENV);
+	int i;
+
+	if (!module || access(module, R_OK))
+		SKIP(return, MODULE_ENV " does not name a readable " MODULE_NAME ".ko");
+	if (!have_kvm_debugfs())
+		SKIP(return, KVM_DEBUGFS " is missing");
+	if (access(FAULT_DEBUGFS "/failslab", F_OK) ||
+	    access(FAULT_DEBUGFS "/fail_page_alloc", F_OK))
+		SKIP(return,
+		     "No failslab or fail_page_alloc in debugfs: needs CONFIG_FAILSLAB, CONFIG_FAIL_PAGE_ALLOC and CONFIG_FAULT_INJECTION_DEBUG_FS");
+	if (module_loaded())
+		SKIP(return, MODULE_NAME " is loaded: the test loads it itself");
+
+	for (i = 0; i < ARRAY_SIZE(fault_attrs); i++) {
+		read_file(fault_attrs[i].file, self->saved[i],
+			  sizeof(self->saved[i]));
+		write_file(fault_attrs[i].file, fault_attrs[i].value);
+		self->nr_changed++;
+	}
+}
+
+/* In the parent, so that a test that died halfway changes nothing either. */
+FIXTURE_TEARDOWN_PARENT(module_load_faults)
+{
+	int i;
+
+	for (i = 0; i < self->nr_changed; i++)
+		write_file(fault_attrs[i].file, self->saved[i]);
+}
+
+/* A debug kernel's TCG guest takes about a second per load and check. */
+TEST_F_TIMEOUT(module_load_faults, every_allocation, 3600)
+{
+	struct fault_sweep sweep = { .module = getenv(MODULE_ENV) };
+	unsigned int nth, total, back, round;
+	u64 again[2];
+	struct kvm_vm *vm;
+
+	vm = create_busy_vm(&sweep.vcpu, MANY_REGIONS);
+	if (!vm)
+		SKIP(return, BUSY_VM_SKIP_REASON);
+
+	/*
+	 * KVM's C keeps the reference count: the second zap and regrow must
+	 * repeat the first, or there is no reference to hold the others to.
+	 */
+	touch_regions(sweep.vcpu, MANY_REGIONS);
+	zap_and_regrow(sweep.vcpu, sweep.expected);
+	zap_and_regrow(sweep.vcpu, again);
+	TEST_ASSERT(again[0] == sweep.expected[0] &&
+		    again[1] == sweep.expected[1],
+		    "Two zaps and regrows gave %lu/%lu and %lu/%lu shadow pages, expected equal counts",
+		    sweep.expected[0], sweep.expected[1], again[0], again[1]);
+
+	sweep.fail_nth_fd = open("/proc/thread-self/fail-nth", O_RDWR);
+	TEST_ASSERT(sweep.fail_nth_fd >= 0,
+		    "Failed to open /proc/thread-self/fail-nth");
+	sweep.module_fd = open(sweep.module, O_RDONLY | O_CLOEXEC);
+	TEST_ASSERT(sweep.module_fd >= 0, "Failed to open %s", sweep.module);
+	sweep.kmsg_fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+	TEST_ASSERT(sweep.kmsg_fd >= 0, "Failed to open /dev/kmsg");
+	TEST_ASSERT(lseek(sweep.kmsg_fd, 0, SEEK_END) >= 0,
+		    "Failed to skip the kernel log so far");
+
+	for (nth = 1; nth < MAX_LOAD_ALLOCATIONS; nth++) {
+		if (!faulted_load(&sweep, nth))
+			break;
+		if (nth % 50 == 0)
+			ksft_print_msg("%u loads: %u failed (%u in the init), %u loaded\n",
+				       nth, sweep.nr_failed,
+				       sweep.nr_init_failed, sweep.nr_loaded);
+	}
+	TEST_ASSERT(nth < MAX_LOAD_ALLOCATIONS,
+		    "Loads made %u allocations or more", MAX_LOAD_ALLOCATIONS);
+	TEST_ASSERT(sweep.nr_failed,
+		    "None of %u loads failed: no injected failure reached the load",
+		    nth);
+	ksft_print_msg("%u allocations per load: %u loads failed (%u in the init), %u loaded\n",
+		       nth - 1, sweep.nr_failed, sweep.nr_init_failed,
+		       sweep.nr_loaded);
+
+	/*
+	 * The number of allocations before the module's init varies from
+	 * load to load (slab refills, KASAN's quarantine), so the sweep may
+	 * have missed the init's own.  Only the loader's uevent follows the
+	 * init: fail each of the last allocations of a load, counted by a
+	 * load just before, until one fails in the init.
+	 */
+	for (round = 0; round < TAIL_ROUNDS && !sweep.nr_init_failed; round++) {
+		for (back = 0; back < TAIL_ALLOCATIONS; back++) {
+			total = load_allocations(&sweep);
+			faulted_load(&sweep, total - back);
+			if (sweep.nr_init_failed)
+				break;
+		}
+		ksft_print_msg("Round %u over the last %u allocations: %u failed in the init\n",
+			       round + 1, TAIL_ALLOCATIONS,
+			       sweep.nr_init_failed);
+	}
+	TEST_ASSERT(sweep.nr_init_failed,
+		    "No injected failure made the module's init fail");
+
+	close(sweep.kmsg_fd);
+	close(sweep.module_fd);
+	close(sweep.fail_nth_fd);
+	kvm_vm_free(vm);
 }
 
 TEST_HARNESS_MAIN
