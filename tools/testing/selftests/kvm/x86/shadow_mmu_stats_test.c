@@ -227,20 +227,35 @@ static bool have_kvm_debugfs(void)
 	return !access(KVM_DEBUGFS "/mmu_shadow_pages", R_OK);
 }
 
+static void write_file(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY);
+	ssize_t len = strlen(value);
+
+	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
+	TEST_ASSERT(write(fd, value, len) == len,
+		    "Failed to write '%s' to %s", value, path);
+	close(fd);
+}
+
+static void read_file(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t len;
+
+	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
+	len = read(fd, buf, size - 1);
+	TEST_ASSERT(len > 0, "Failed to read %s", path);
+	buf[len] = '\0';
+	close(fd);
+}
+
 static u64 read_debugfs_count(const char *path)
 {
 	char buf[32], *end;
-	ssize_t len;
 	u64 count;
-	int fd;
 
-	fd = open(path, O_RDONLY);
-	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
-	len = read(fd, buf, sizeof(buf) - 1);
-	TEST_ASSERT(len > 0, "Failed to read %s", path);
-	close(fd);
-	buf[len] = '\0';
-
+	read_file(path, buf, sizeof(buf));
 	errno = 0;
 	count = strtoull(buf, &end, 10);
 	TEST_ASSERT(!errno && end != buf && *end == '\n',
@@ -764,29 +779,6 @@ static const struct {
 	{ FAULT_DEBUGFS "/failslab/verbose", "0" },
 	{ FAULT_DEBUGFS "/fail_page_alloc/verbose", "0" },
 };
-
-static void write_file(const char *path, const char *value)
-{
-	int fd = open(path, O_WRONLY);
-	ssize_t len = strlen(value);
-
-	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
-	TEST_ASSERT(write(fd, value, len) == len,
-		    "Failed to write '%s' to %s", value, path);
-	close(fd);
-}
-
-static void read_file(const char *path, char *buf, size_t size)
-{
-	int fd = open(path, O_RDONLY);
-	ssize_t len;
-
-	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
-	len = read(fd, buf, size - 1);
-	TEST_ASSERT(len > 0, "Failed to read %s", path);
-	buf[len] = '\0';
-	close(fd);
-}
 
 /*
  * finit_module() with the @nth fault-injectable allocation of this task made
