@@ -5,248 +5,212 @@
 //! C header: [`arch/x86/include/asm/kvm_mmu_accountant.h`](srctree/arch/x86/include/asm/kvm_mmu_accountant.h)
 //!
 //! KVM calls the registered accountant once for every shadow page it allocates and once for every
-//! shadow page it zaps, with the VM's `mmu_lock` held for write. [`Vm`] and [`ShadowPage`] are
-//! only ever lent to an [`Accountant`] for the duration of such a call, so holding one is proof
-//! that the lock is held: the borrow checker, not a comment, keeps them from escaping.
+//! shadow page it zaps, with the VM's `mmu_lock` held for write, and checks the VM's
+//! `mmu_shadow_pages` stat after each call. A [`Vm`] is only ever lent to an [`Accountant`] for
+//! the duration of such a call, so holding one is proof that the lock is held: the borrow
+//! checker, not a comment, keeps it from escaping.
 
 use core::marker::PhantomData;
-use kernel::{bindings, error::to_result, prelude::*, str::CStrExt};
+use kernel::{bindings, error::to_result, prelude::*, str::CStrExt, types::Opaque};
 
-/// A VM, lent to an [`Accountant`] callback.
+/// A VM, as KVM lends it to an [`Accountant`] callback.
 ///
 /// # Invariants
 ///
-/// `kvm` points to a live `struct kvm` whose `mmu_lock` is held for write for all of `'a`, and
-/// `shadow_pages` points to that VM's `mmu_shadow_pages` stat.
-pub struct Vm<'a> {
-    kvm: *mut bindings::kvm,
-    shadow_pages: *mut u64,
-    _mmu_lock: PhantomData<&'a mut bindings::kvm>,
-}
+/// While a `&Vm` exists, it refers to the `kvm_mmu_accountant_vm` of a live VM whose `mmu_lock`
+/// is held for write, whose `shadow_pages` points to the VM's `mmu_shadow_pages` stat and whose
+/// `name` points to the VM's NUL-terminated `stats_id`.
+#[repr(transparent)]
+pub struct Vm(Opaque<bindings::kvm_mmu_accountant_vm>);
 
-impl Vm<'_> {
-    /// Wraps the `kvm` that KVM passes to an accountant callback.
+impl Vm {
+    /// Borrows the `kvm_mmu_accountant_vm` that KVM passes to an accountant callback.
     ///
     /// # Safety
     ///
-    /// `kvm` must point to a live VM whose `mmu_lock` is held for write for the lifetime of the
-    /// returned value.
-    unsafe fn from_raw(kvm: *mut bindings::kvm) -> Self {
-        // INVARIANT: `kvm` is guaranteed by the caller. The stat's address is looked up once per
-        // callback, as the helper that knows it cannot be inlined into a module.
-        Self {
-            kvm,
-            // SAFETY: The caller guarantees that `kvm` is a live VM.
-            shadow_pages: unsafe { bindings::kvm_mmu_shadow_pages_stat(kvm) },
-            _mmu_lock: PhantomData,
-        }
+    /// `ptr` must point to the `kvm_mmu_accountant_vm` of a live VM whose `mmu_lock` is held for
+    /// write for all of `'a`.
+    unsafe fn from_raw<'a>(ptr: *mut bindings::kvm_mmu_accountant_vm) -> &'a Self {
+        // INVARIANT: Guaranteed by the caller; KVM sets `shadow_pages` and `name` when it creates
+        // the VM and never changes them.
+        // SAFETY: `Vm` is a transparent wrapper of the C struct, which the caller guarantees to be
+        // valid for `'a`.
+        unsafe { &*ptr.cast::<Self>() }
+    }
+
+    fn stat(&self) -> *mut u64 {
+        // SAFETY: By the type invariant `self.0` is a valid `kvm_mmu_accountant_vm`, whose fields
+        // KVM does not change while the VM lives.
+        unsafe { (*self.0.get()).shadow_pages }
     }
 
     /// The VM's `mmu_shadow_pages` stat.
+    #[inline]
     pub fn shadow_pages(&self) -> u64 {
-        // SAFETY: The stat is a valid, aligned `u64` inside the live VM. Writers are serialized by
-        // `mmu_lock`, held by the type invariant, so the value cannot change under us.
-        unsafe { self.shadow_pages.read_volatile() }
+        // SAFETY: By the type invariant the stat is a valid, aligned `u64`. Its writers are
+        // serialized by `mmu_lock`, held by the type invariant, so this is the only writer's own
+        // view of it.
+        unsafe { self.stat().read_volatile() }
     }
 
     /// Sets the VM's `mmu_shadow_pages` stat.
     ///
-    /// The stat is read without locks by the binary stats fd and debugfs, hence a single
-    /// volatile store, the equivalent of C's `WRITE_ONCE()`.
-    pub fn set_shadow_pages(&mut self, pages: u64) {
-        // SAFETY: As in `shadow_pages()`; `&mut self` makes this the only writer for the duration
-        // of the store, and lockless readers only ever load the whole aligned word.
-        unsafe { self.shadow_pages.write_volatile(pages) }
+    /// The binary stats fd and debugfs load the stat without taking `mmu_lock`, so the store is a
+    /// single volatile one of the aligned word: C's `WRITE_ONCE()`. KVM's `READ_ONCE()` and this
+    /// are one scheme; `kernel::sync::atomic` would spell it the same way but calls out-of-line C
+    /// helpers unless the kernel inlines them (`CONFIG_RUST_INLINE_HELPERS`), which costs several
+    /// instructions on every shadow page event.
+    #[inline]
+    pub fn set_shadow_pages(&self, pages: u64) {
+        // SAFETY: As in `shadow_pages()`: a valid, aligned `u64` whose only writer is the holder of
+        // `mmu_lock`, held by the type invariant; lockless readers load the whole word at once.
+        unsafe { self.stat().write_volatile(pages) }
     }
 
     /// The VM's name in KVM's own messages, `kvm-<pid>`.
     pub fn name(&self) -> &CStr {
-        // SAFETY: By the type invariant `self.kvm` is a live VM. Its `stats_id` is a NUL-terminated
-        // string that KVM writes once, when it creates the VM, so it outlives the borrow of `self`.
-        unsafe { CStr::from_char_ptr(bindings::kvm_stats_id(self.kvm)) }
+        // SAFETY: By the type invariant `name` is the VM's NUL-terminated `stats_id`, which KVM
+        // writes before the VM has any shadow page and which lives as long as the VM.
+        unsafe { CStr::from_char_ptr((*self.0.get()).name) }
     }
 }
 
 /// The role of a shadow page: what KVM uses it for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageRole {
+///
+/// KVM clears the `invalid` bit before handing out a role, and every other bit is fixed when the
+/// page is allocated, so a page is unaccounted with the very role it was accounted with.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct PageRole(bindings::kvm_mmu_page_role);
+
+impl PageRole {
+    fn bits(&self) -> bindings::kvm_mmu_page_role__bindgen_ty_1 {
+        // SAFETY: Both fields of the union are plain integers of the same size, so every bit
+        // pattern is valid for either.
+        unsafe { self.0.__bindgen_anon_1 }
+    }
+
     /// Page table level, 1 (4KiB PTEs) to 5.
-    pub level: u8,
+    pub fn level(&self) -> u32 {
+        self.bits().level()
+    }
+
     /// No guest page table backs the page, e.g. a guest huge page shadowed with 4KiB pages.
-    pub direct: bool,
+    pub fn direct(&self) -> bool {
+        self.bits().direct() != 0
+    }
+
     /// The page belongs to an L2 guest's MMU, i.e. it shadows nested page tables.
-    pub guest_mode: bool,
-    /// The page stands in for a guest PAE PDPTE or a missing guest paging level.
-    pub passthrough: bool,
-    /// The page was zapped while in use as a root.
-    pub invalid: bool,
+    pub fn guest_mode(&self) -> bool {
+        self.bits().guest_mode() != 0
+    }
+
     /// The page belongs to the SMM address space.
-    pub smm: bool,
-}
-
-/// A shadow page, lent to an [`Accountant`] callback.
-///
-/// # Invariants
-///
-/// `sp` points to a `struct kvm_mmu_page` whose gfn and role are set and which KVM keeps alive,
-/// under `mmu_lock`, for all of `'a`.
-pub struct ShadowPage<'a> {
-    sp: *const bindings::kvm_mmu_page,
-    _mmu_lock: PhantomData<&'a bindings::kvm_mmu_page>,
-}
-
-impl ShadowPage<'_> {
-    /// Wraps the `sp` that KVM passes to an accountant callback.
-    ///
-    /// # Safety
-    ///
-    /// `sp` must point to a shadow page with its gfn and role set that stays alive, under
-    /// `mmu_lock`, for the lifetime of the returned value.
-    unsafe fn from_raw(sp: *const bindings::kvm_mmu_page) -> Self {
-        // INVARIANT: Guaranteed by the caller.
-        Self {
-            sp,
-            _mmu_lock: PhantomData,
-        }
+    pub fn smm(&self) -> bool {
+        self.bits().smm() != 0
     }
 
-    fn info(&self) -> bindings::kvm_mmu_page_info {
-        let mut info = bindings::kvm_mmu_page_info::default();
-        // SAFETY: By the type invariant `self.sp` is a live shadow page, and `info` is a valid
-        // place for KVM to fill in.
-        unsafe { bindings::kvm_mmu_page_get_info(self.sp, &mut info) };
-        info
-    }
-
-    /// The guest frame number the page shadows, or maps directly if the role is direct.
-    pub fn gfn(&self) -> u64 {
-        self.info().gfn
-    }
-
-    /// The page's role.
-    pub fn role(&self) -> PageRole {
-        let info = self.info();
-        PageRole {
-            level: info.level,
-            direct: info.direct,
-            guest_mode: info.guest_mode,
-            passthrough: info.passthrough,
-            invalid: info.invalid,
-            smm: info.smm,
-        }
+    /// The role as KVM's `union kvm_mmu_page_role` word, for messages.
+    pub fn word(&self) -> u32 {
+        // SAFETY: As in `bits()`.
+        unsafe { self.0.word }
     }
 }
 
-/// Maintains KVM's `mmu_shadow_pages` stat in place of the built-in C accounting.
+impl core::fmt::Debug for PageRole {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageRole")
+            .field("word", &format_args!("{:#x}", self.word()))
+            .field("level", &self.level())
+            .field("direct", &self.direct())
+            .field("guest_mode", &self.guest_mode())
+            .field("smm", &self.smm())
+            .finish()
+    }
+}
+
+/// Maintains KVM's `mmu_shadow_pages` stat in place of KVM's own accounting.
 ///
-/// The callbacks run with the VM's `mmu_lock` held for write: they must not sleep, and they are
-/// the only writers of the stat while the accountant is registered. KVM's MMU page limit is
-/// enforced against the stat, so an accountant must keep it exact.
+/// The callbacks run with the VM's `mmu_lock` held for write and must not sleep. Each must move
+/// the stat by exactly one; KVM checks it after every call and restores its own count otherwise.
 pub trait Accountant {
     /// Called once for every shadow page KVM allocates, after the page's role and gfn are set.
-    fn account(vm: &mut Vm<'_>, page: &ShadowPage<'_>);
+    fn account(vm: &Vm, role: PageRole, gfn: u64);
 
-    /// Called once for every shadow page KVM zaps.
-    fn unaccount(vm: &mut Vm<'_>, page: &ShadowPage<'_>);
+    /// Called once for every shadow page KVM zaps, with the role and gfn it was accounted with.
+    fn unaccount(vm: &Vm, role: PageRole, gfn: u64);
 }
 
-/// # Safety
+/// The C ops table of the accountant `T`, a constant in the module's read-only data.
+struct OpsTable<T>(PhantomData<T>);
+
+impl<T: Accountant> OpsTable<T> {
+    const OPS: bindings::kvm_mmu_page_accountant = bindings::kvm_mmu_page_accountant {
+        account: Some(Self::account),
+        unaccount: Some(Self::unaccount),
+    };
+
+    /// # Safety
+    ///
+    /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback.
+    unsafe extern "C" fn account(
+        vm: *mut bindings::kvm_mmu_accountant_vm,
+        role: bindings::kvm_mmu_page_role,
+        gfn: bindings::gfn_t,
+    ) {
+        // SAFETY: KVM calls accountants with the `kvm_mmu_accountant_vm` of a live VM whose
+        // `mmu_lock` it holds for write until the call returns.
+        T::account(unsafe { Vm::from_raw(vm) }, PageRole(role), gfn)
+    }
+
+    /// # Safety
+    ///
+    /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback.
+    unsafe extern "C" fn unaccount(
+        vm: *mut bindings::kvm_mmu_accountant_vm,
+        role: bindings::kvm_mmu_page_role,
+        gfn: bindings::gfn_t,
+    ) {
+        // SAFETY: As in `account()`.
+        T::unaccount(unsafe { Vm::from_raw(vm) }, PageRole(role), gfn)
+    }
+}
+
+/// Keeps the accountant `T` registered with KVM until dropped.
 ///
-/// Only to be called by KVM as a `kvm_mmu_page_accountant` callback.
-unsafe extern "C" fn account_callback<T: Accountant>(
-    kvm: *mut bindings::kvm,
-    sp: *const bindings::kvm_mmu_page,
-) {
-    // SAFETY: KVM calls accountants with a live VM whose `mmu_lock` it holds for write until the
-    // call returns, and with a live shadow page whose gfn and role are set.
-    let (mut vm, page) = unsafe { (Vm::from_raw(kvm), ShadowPage::from_raw(sp)) };
-    T::account(&mut vm, &page);
-}
-
-/// # Safety
-///
-/// Only to be called by KVM as a `kvm_mmu_page_accountant` callback.
-unsafe extern "C" fn unaccount_callback<T: Accountant>(
-    kvm: *mut bindings::kvm,
-    sp: *const bindings::kvm_mmu_page,
-) {
-    // SAFETY: As in `account_callback`.
-    let (mut vm, page) = unsafe { (Vm::from_raw(kvm), ShadowPage::from_raw(sp)) };
-    T::unaccount(&mut vm, &page);
-}
-
-/// Keeps the accountant `T` registered with KVM until dropped or [`Registration::unregister`]ed.
+/// Leaking a `Registration` is sound: KVM unregisters the accountant itself, with a warning,
+/// before the owning module's code is freed.
 ///
 /// # Invariants
 ///
-/// While `ops` is `Some`, the accountant it holds is registered with KVM and its address is the
-/// one that was registered.
+/// `ops` is registered with KVM, at this address, for as long as the `Registration` exists.
 pub struct Registration<T: Accountant> {
-    ops: Option<KBox<bindings::kvm_mmu_page_accountant>>,
-    vms_taken_over: u32,
+    ops: &'static bindings::kvm_mmu_page_accountant,
     _accountant: PhantomData<T>,
 }
-
-// SAFETY: KVM only reads the registered accountant, and registration and unregistration may
-// happen on any thread in process context, so the handle can be moved between threads.
-unsafe impl<T: Accountant> Send for Registration<T> {}
-
-// SAFETY: No method mutates shared state through `&self`.
-unsafe impl<T: Accountant> Sync for Registration<T> {}
 
 impl<T: Accountant> Registration<T> {
     /// Hands the accounting of every VM, existing and future, to `T`.
     ///
     /// Fails with `EBUSY` if another accountant is registered.
     pub fn new(module: &'static ThisModule) -> Result<Self> {
-        let ops = KBox::new(
-            bindings::kvm_mmu_page_accountant {
-                owner: module.as_ptr(),
-                account: Some(account_callback::<T>),
-                unaccount: Some(unaccount_callback::<T>),
-            },
-            GFP_KERNEL,
-        )?;
-        // SAFETY: `ops` is a valid accountant whose callbacks meet KVM's contract. It is heap
-        // allocated and only freed in `release()`, after it has been unregistered.
-        let ret = unsafe { bindings::kvm_mmu_register_page_accountant(&*ops) };
-        to_result(ret)?;
-        // INVARIANT: `ops` has just been registered at its current address.
+        let ops = &OpsTable::<T>::OPS;
+        // SAFETY: `ops` is a `'static` accountant whose callbacks meet KVM's contract. `module` is
+        // the module whose code they are, so KVM unregisters them before that code goes away.
+        to_result(unsafe { bindings::__kvm_mmu_register_page_accountant(ops, module.as_ptr()) })?;
+        // INVARIANT: `ops` has just been registered at this address.
         Ok(Self {
-            ops: Some(ops),
-            vms_taken_over: ret.unsigned_abs(),
+            ops,
             _accountant: PhantomData,
         })
-    }
-
-    /// The number of VMs that existed when `T` took over.
-    pub fn vms_taken_over(&self) -> u32 {
-        self.vms_taken_over
-    }
-
-    /// Hands accounting back to KVM; returns the number of VMs handed back.
-    ///
-    /// Once this returns, no CPU runs `T`'s callbacks any more.
-    pub fn unregister(mut self) -> u32 {
-        self.release()
-    }
-
-    fn release(&mut self) -> u32 {
-        let Some(ops) = self.ops.take() else {
-            return 0;
-        };
-        // SAFETY: By the type invariant `ops` is the registered accountant, at the address it was
-        // registered with.
-        let ret = unsafe { bindings::kvm_mmu_unregister_page_accountant(&*ops) };
-        // KVM has waited for the last callback into `T` to finish; `ops` may now be freed.
-        drop(ops);
-        // Only fails for an accountant that is not registered, which the invariant rules out.
-        ret.try_into().unwrap_or(0)
     }
 }
 
 impl<T: Accountant> Drop for Registration<T> {
+    /// Hands the accounting back to KVM; no CPU runs `T`'s callbacks once this returns.
     fn drop(&mut self) {
-        self.release();
+        // SAFETY: By the type invariant `self.ops` is the registered accountant, at the address
+        // it was registered with.
+        unsafe { bindings::kvm_mmu_unregister_page_accountant(self.ops) };
     }
 }
