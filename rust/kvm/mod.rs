@@ -30,7 +30,7 @@ impl Vm {
     ///
     /// `ptr` must point to the `kvm_mmu_accountant_vm` of a live VM whose `mmu_lock` is held for
     /// write for all of `'a`.
-    unsafe fn from_raw<'a>(ptr: *mut bindings::kvm_mmu_accountant_vm) -> &'a Self {
+    unsafe fn from_raw<'a>(ptr: *const bindings::kvm_mmu_accountant_vm) -> &'a Self {
         // INVARIANT: Guaranteed by the caller; KVM sets `shadow_pages` and `name` when it creates
         // the VM and never changes them.
         // SAFETY: `Vm` is a transparent wrapper of the C struct, which the caller guarantees to be
@@ -55,11 +55,11 @@ impl Vm {
 
     /// Sets the VM's `mmu_shadow_pages` stat.
     ///
-    /// The binary stats fd and debugfs load the stat without taking `mmu_lock`, so the store is a
-    /// single volatile one of the aligned word: C's `WRITE_ONCE()`. KVM's `READ_ONCE()` and this
-    /// are one scheme; `kernel::sync::atomic` would spell it the same way but calls out-of-line C
-    /// helpers unless the kernel inlines them (`CONFIG_RUST_INLINE_HELPERS`), which costs several
-    /// instructions on every shadow page event.
+    /// The binary stats fd and debugfs load the stat without taking `mmu_lock`, and KVM reads it
+    /// back after every callback with `READ_ONCE()`, so the store is a single volatile one of the
+    /// aligned word, C's `WRITE_ONCE()`. `Atomic::from_ptr()` would do the same through
+    /// out-of-line C helpers, unless the kernel is built with clang to inline them
+    /// (`CONFIG_RUST_INLINE_HELPERS`): two calls more on every shadow page event.
     #[inline]
     pub fn set_shadow_pages(&self, pages: u64) {
         // SAFETY: As in `shadow_pages()`: a valid, aligned `u64` whose only writer is the holder of
@@ -100,7 +100,8 @@ impl PageRole {
         self.bits().direct() != 0
     }
 
-    /// The page belongs to an L2 guest's MMU, i.e. it shadows nested page tables.
+    /// The page belongs to an L2 guest: it shadows L1's nested page tables (nested NPT/EPT), or
+    /// L2's own page tables when L1 runs L2 on shadow paging.
     pub fn guest_mode(&self) -> bool {
         self.bits().guest_mode() != 0
     }
@@ -131,8 +132,11 @@ impl core::fmt::Debug for PageRole {
 
 /// Maintains KVM's `mmu_shadow_pages` stat in place of KVM's own accounting.
 ///
-/// The callbacks run with the VM's `mmu_lock` held for write and must not sleep. Each must move
-/// the stat by exactly one; KVM checks it after every call and restores its own count otherwise.
+/// The callbacks run with the VM's `mmu_lock` held for write and must not sleep; callbacks for
+/// different VMs run concurrently. Each must move the stat by exactly one; KVM checks it after
+/// every call and restores its own count otherwise. Pages that exist when the accountant
+/// registers were accounted by KVM: counts an accountant keeps of its own only cover the pages
+/// allocated after it registered.
 pub trait Accountant {
     /// Called once for every shadow page KVM allocates, after the page's role and gfn are set.
     fn account(vm: &Vm, role: PageRole, gfn: u64);
@@ -154,7 +158,7 @@ impl<T: Accountant> OpsTable<T> {
     ///
     /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback.
     unsafe extern "C" fn account(
-        vm: *mut bindings::kvm_mmu_accountant_vm,
+        vm: *const bindings::kvm_mmu_accountant_vm,
         role: bindings::kvm_mmu_page_role,
         gfn: bindings::gfn_t,
     ) {
@@ -167,7 +171,7 @@ impl<T: Accountant> OpsTable<T> {
     ///
     /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback.
     unsafe extern "C" fn unaccount(
-        vm: *mut bindings::kvm_mmu_accountant_vm,
+        vm: *const bindings::kvm_mmu_accountant_vm,
         role: bindings::kvm_mmu_page_role,
         gfn: bindings::gfn_t,
     ) {
@@ -179,7 +183,8 @@ impl<T: Accountant> OpsTable<T> {
 /// Keeps the accountant `T` registered with KVM until dropped.
 ///
 /// Leaking a `Registration` is sound: KVM unregisters the accountant itself, with a warning,
-/// before the owning module's code is freed.
+/// before the owning module's code is freed. The callbacks only use the `&Vm` they are lent and
+/// the accountant's statics, which live as long as that code.
 ///
 /// # Invariants
 ///
@@ -195,8 +200,11 @@ impl<T: Accountant> Registration<T> {
     /// Fails with `EBUSY` if another accountant is registered.
     pub fn new(module: &'static ThisModule) -> Result<Self> {
         let ops = &OpsTable::<T>::OPS;
-        // SAFETY: `ops` is a `'static` accountant whose callbacks meet KVM's contract. `module` is
-        // the module whose code they are, so KVM unregisters them before that code goes away.
+        // SAFETY: `ops` is `'static` and its callbacks are `T`'s, instantiated in the crate that
+        // calls this, which is `module`: safe code can only get a `&ThisModule` of its own. So
+        // KVM unregisters them before their code is freed, should `self` be leaked. A wrong count
+        // from `T` is no memory unsafety: KVM restores its own. Sleeping in atomic context is, as
+        // everywhere in the kernel's Rust, left to `T` and to tools such as klint.
         to_result(unsafe { bindings::__kvm_mmu_register_page_accountant(ops, module.as_ptr()) })?;
         // INVARIANT: `ops` has just been registered at this address.
         Ok(Self {
@@ -207,7 +215,8 @@ impl<T: Accountant> Registration<T> {
 }
 
 impl<T: Accountant> Drop for Registration<T> {
-    /// Hands the accounting back to KVM; no CPU runs `T`'s callbacks once this returns.
+    /// Hands the accounting back to KVM; no CPU runs `T`'s callbacks once this returns. Sleeps
+    /// for an RCU grace period.
     fn drop(&mut self) {
         // SAFETY: By the type invariant `self.ops` is the registered accountant, at the address
         // it was registered with.

@@ -14,13 +14,13 @@
  * Callers hold mmu_lock for write, which serializes every writer of the
  * stat; the binary stats fd and debugfs read it without the lock.
  */
-static void sample_account(struct kvm_mmu_accountant_vm *vm,
+static void sample_account(const struct kvm_mmu_accountant_vm *vm,
 			   union kvm_mmu_page_role role, gfn_t gfn)
 {
 	WRITE_ONCE(*vm->shadow_pages, *vm->shadow_pages + 1);
 }
 
-static void sample_unaccount(struct kvm_mmu_accountant_vm *vm,
+static void sample_unaccount(const struct kvm_mmu_accountant_vm *vm,
 			     union kvm_mmu_page_role role, gfn_t gfn)
 {
 	WRITE_ONCE(*vm->shadow_pages, *vm->shadow_pages - 1);

@@ -34,12 +34,12 @@ MODULE_PARM_DESC(bug, "skip_account, skip_unaccount, double_leaf or forget_unreg
 
 static enum accountant_bug active_bug;
 
-static void add_pages(struct kvm_mmu_accountant_vm *vm, s64 delta)
+static void add_pages(const struct kvm_mmu_accountant_vm *vm, s64 delta)
 {
 	WRITE_ONCE(*vm->shadow_pages, *vm->shadow_pages + delta);
 }
 
-static void buggy_account(struct kvm_mmu_accountant_vm *vm,
+static void buggy_account(const struct kvm_mmu_accountant_vm *vm,
 			  union kvm_mmu_page_role role, gfn_t gfn)
 {
 	if (active_bug == SKIP_ACCOUNT)
@@ -47,7 +47,7 @@ static void buggy_account(struct kvm_mmu_accountant_vm *vm,
 	add_pages(vm, active_bug == DOUBLE_LEAF && role.level == PG_LEVEL_4K ? 2 : 1);
 }
 
-static void buggy_unaccount(struct kvm_mmu_accountant_vm *vm,
+static void buggy_unaccount(const struct kvm_mmu_accountant_vm *vm,
 			    union kvm_mmu_page_role role, gfn_t gfn)
 {
 	if (active_bug != SKIP_UNACCOUNT)
