@@ -19,6 +19,7 @@ use shadow_mmu_stats_selftest::debugfs::KvmDebugfs;
 use shadow_mmu_stats_selftest::guest::{TestVm, TouchMapping};
 use shadow_mmu_stats_selftest::host::{self, Paging};
 use shadow_mmu_stats_selftest::kvm_ext::{open_stats, set_nr_mmu_pages};
+use shadow_mmu_stats_selftest::module;
 use shadow_mmu_stats_selftest::stats::{StatBase, StatKind, StatUnit, Stats};
 use shadow_mmu_stats_selftest::tap::{EXIT_FAIL, Outcome, TapWriter};
 
@@ -31,6 +32,12 @@ const MIN_MMU_PAGES_LIMIT: u64 = 64;
 /// Shadow pages a zap may leave counted in a VM with one vCPU: the roots the vCPU still holds,
 /// its current one and up to three cached previous ones, stay counted until it drops them.
 const ROOTS_ONE_VCPU_MAY_HOLD: u64 = 4;
+
+/// The accounting module, as loaded and unloaded by [`handover`].
+const MODULE_NAME: &str = "kvm_shadow_stats";
+
+/// The environment variable that names the module's file.
+const MODULE_ENV: &str = "KVM_SHADOW_STATS_MODULE";
 
 /// Why a scenario did not pass.
 #[derive(Debug)]
@@ -127,17 +134,13 @@ fn sane(count: u64, source: &str) -> Result<u64, NotPassed> {
 
 /// Checks a shadow paging count against the `needed` shadow pages the guest's walks require.
 ///
-/// KVM needs at least those. It needs no more for these guests, whose tables are all reached
-/// with the same access rights and so are shadowed once each, but the upper bound is left loose
-/// (below twice as many) so that it only catches pages counted twice, not KVM's choices.
+/// KVM shadows each guest page table the walks reach once, as they are all reached with the
+/// same access rights, and backs each 2 MiB guest page with one direct page: exactly `needed`.
+/// One page counted twice, or one not counted, is off by one.
 fn check_shadow_count(count: u64, needed: u64) -> ScenarioResult {
     ensure!(
-        count >= needed,
-        "{STAT} is {count}, fewer than the {needed} shadow pages the guest's walks need"
-    );
-    ensure!(
-        count < 2 * needed,
-        "{STAT} is {count}, twice or more the {needed} shadow pages the guest's walks need"
+        count == needed,
+        "{STAT} is {count}, expected the {needed} shadow pages the guest's walks need"
     );
     Ok(())
 }
@@ -398,6 +401,100 @@ fn descriptor(host: &Host, notes: &mut Notes) -> ScenarioResult {
     Ok(())
 }
 
+/// One step of [`handover`]'s workload.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Run,
+    LimitTo(u64),
+    DeleteMemory,
+    /// Loads the module if it is unloaded, unloads it if it is loaded.
+    ToggleModule,
+}
+
+/// The workload of [`handover`]: the module changes hands with shadow pages built, after a zap by
+/// the page limit, and before a zap by memslot deletion.
+const HANDOVER_STEPS: &[Step] = &[
+    Step::Run,
+    Step::ToggleModule,
+    Step::LimitTo(MIN_MMU_PAGES_LIMIT),
+    Step::ToggleModule,
+    Step::Run,
+    Step::ToggleModule,
+    Step::DeleteMemory,
+    Step::ToggleModule,
+];
+
+fn toggle_module(path: &std::path::Path) -> ScenarioResult {
+    if module::is_loaded(MODULE_NAME) {
+        module::unload(MODULE_NAME)
+            .map_err(|error| NotPassed::Fail(format!("unloading {MODULE_NAME}: {error}")))
+    } else {
+        module::load(path)
+            .map_err(|error| NotPassed::Fail(format!("loading {}: {error}", path.display())))
+    }
+}
+
+/// Runs `step` on `vm`; a module toggle is for the caller to make, as it acts on every VM.
+fn run_step(vm: &mut ObservedVm, step: Step) -> ScenarioResult {
+    match step {
+        Step::Run => vm.guest.run()?,
+        Step::LimitTo(pages) => set_nr_mmu_pages(vm.guest.vm_fd(), pages)?,
+        Step::DeleteMemory => vm.guest.delete_memory()?,
+        Step::ToggleModule => {}
+    }
+    Ok(())
+}
+
+/// The module takes the accounting over and hands it back while two VMs hold shadow pages, and
+/// after every step both count exactly what a VM counted with KVM alone in charge.
+fn handover(host: &Host, notes: &mut Notes) -> ScenarioResult {
+    host.require(Paging::Shadow)?;
+    let Some(path) = std::env::var_os(MODULE_ENV).map(std::path::PathBuf::from) else {
+        return Err(NotPassed::Skip(format!(
+            "{MODULE_ENV} does not name {MODULE_NAME}.ko"
+        )));
+    };
+    let was_loaded = module::is_loaded(MODULE_NAME);
+    if was_loaded {
+        module::unload(MODULE_NAME)?;
+    }
+
+    let mut reference = ObservedVm::new(host, TouchMapping::Small, 160)?;
+    let mut expected = Vec::new();
+    for &step in HANDOVER_STEPS {
+        run_step(&mut reference, step)?;
+        expected.push(reference.stat(host)?);
+    }
+    drop(reference);
+
+    let mut vms = [
+        ObservedVm::new(host, TouchMapping::Small, 160)?,
+        ObservedVm::new(host, TouchMapping::Small, 160)?,
+    ];
+    for (i, (&step, &want)) in HANDOVER_STEPS.iter().zip(&expected).enumerate() {
+        if let Step::ToggleModule = step {
+            toggle_module(&path)?;
+        }
+        for (which, vm) in vms.iter_mut().enumerate() {
+            run_step(vm, step)?;
+            let count = vm.stat(host)?;
+            ensure!(
+                count == want,
+                "step {i} ({step:?}), VM {which}: {STAT} is {count}, {want} with KVM alone in charge"
+            );
+        }
+    }
+    ensure!(
+        !module::is_loaded(MODULE_NAME),
+        "{MODULE_NAME} is still loaded after an even number of toggles"
+    );
+    if was_loaded {
+        module::load(&path)?;
+    }
+    notes.push(format!("{STAT} after each step: {expected:?}"));
+    Ok(())
+}
+
 type Scenario = fn(&Host, &mut Notes) -> ScenarioResult;
 
 const SCENARIOS: &[(&str, Scenario)] = &[
@@ -413,6 +510,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "limits and zaps: KVM_SET_NR_MMU_PAGES and memslot deletion lower the stat",
         limits_and_zaps,
+    ),
+    (
+        "hand-over: loading and unloading the module with VMs holding shadow pages loses nothing",
+        handover,
     ),
     (
         "two VMs: each VM's stat is its own and debugfs adds them up",
