@@ -51,3 +51,13 @@ if [ "$FLAVOR" = debug ] && [ -z "${KDIR:-}" ]; then
 else
 	KMAKE_LLVM=
 fi
+
+# What in a kernel log is a failure: oopses, BUGs, WARNs, KASAN, lockdep and
+# kmemleak findings, and KVM's report that one of this project's accountants
+# got the stat wrong or was left registered by its module (the broken ones of
+# accountant_repair_test provoke such reports on purpose).
+KERNEL_REPORT_RE='(------------\[ cut here \]|WARNING: |BUG: |Oops|Kernel panic|KASAN|UBSAN|'\
+'circular locking|recursive locking|inconsistent lock state|suspicious RCU usage|'\
+'unreferenced object|sleeping function called from invalid context|list_(add|del) corruption|'\
+'(kvm_shadow_stats|kvm_mmu_accountant_sample)(: shadow page accountant still registered| left mmu_shadow_pages))'
+export KERNEL_REPORT_RE
