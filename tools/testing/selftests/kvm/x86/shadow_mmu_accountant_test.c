@@ -392,8 +392,6 @@ FIXTURE_SETUP(module_load_faults)
 	    access(FAULT_DEBUGFS "/fail_page_alloc", F_OK))
 		SKIP(return,
 		     "No failslab or fail_page_alloc in debugfs: needs CONFIG_FAILSLAB, CONFIG_FAIL_PAGE_ALLOC and CONFIG_FAULT_INJECTION_DEBUG_FS");
-	if (module_loaded())
-		SKIP(return, MODULE_NAME " is loaded: the test loads it itself");
 
 	for (i = 0; i < ARRAY_SIZE(fault_attrs); i++) {
 		read_file(fault_attrs[i].file, self->saved[i],
@@ -419,10 +417,15 @@ TEST_F_TIMEOUT(module_load_faults, every_allocation, 3600)
 	unsigned int nth;
 	u64 again[2];
 	struct kvm_vm *vm;
+	bool was_loaded;
 
 	vm = create_busy_vm(&sweep.vcpu, MANY_REGIONS);
 	if (!vm)
 		SKIP(return, BUSY_VM_SKIP_REASON);
+	/* The sweep loads the module itself, from KVM's own accounting. */
+	was_loaded = module_loaded();
+	if (was_loaded)
+		unload_module(MODULE_NAME);
 
 	/*
 	 * KVM's C keeps the reference count: the second zap and regrow must
@@ -465,6 +468,8 @@ TEST_F_TIMEOUT(module_load_faults, every_allocation, 3600)
 	close(sweep.module_fd);
 	close(sweep.fail_nth_fd);
 	kvm_vm_free(vm);
+	if (was_loaded)
+		toggle_module(sweep.module);
 }
 
 TEST_HARNESS_MAIN
