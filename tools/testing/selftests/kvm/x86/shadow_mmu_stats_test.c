@@ -48,21 +48,27 @@ static void assert_one_page_per_region(struct kvm_vcpu *vcpu, int nr,
 		    first, all, nr, nr - 1, what);
 }
 
-TEST(shadow_paging)
+/*
+ * Indirect shadow pages: the guest's page tables under shadow paging, L1's
+ * NPT tables for L2 under TDP.  One region each needs one more table.
+ */
+TEST(indirect_shadow_pages)
 {
+	bool nested = kvm_is_tdp_enabled();
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	u64 count, global;
 
-	if (kvm_is_tdp_enabled())
-		SKIP(return, "Needs shadow paging, i.e. kvm_amd.npt=0 or kvm_intel.ept=0");
+	if (nested && !have_nested_npt())
+		SKIP(return, "TDP is on and nested NPT is unavailable: no indirect shadow pages");
 	if (!have_kvm_debugfs())
 		SKIP(return, KVM_DEBUGFS " is missing");
 
-	vm = create_touch_vm(&vcpu, NR_REGIONS, MAP_4K);
+	vm = create_touch_vm(&vcpu, NR_REGIONS, nested ? MAP_4K_NESTED : MAP_4K);
 	TEST_ASSERT_EQ(shadow_pages(vm), 0);
 	assert_one_page_per_region(vcpu, NR_REGIONS,
-				   "one indirect page per guest page table");
+				   nested ? "one L2 page per L1 NPT page table" :
+					    "one page per guest page table");
 
 	count = checked_shadow_pages(vm);
 	if (assert_global_is_sum_of_vms() == 1) {
@@ -95,23 +101,6 @@ TEST(tdp_mmu)
 			    "mmu_shadow_pages is %lu after pass %d, expected 0",
 			    count, pass);
 	}
-	kvm_vm_free(vm);
-}
-
-TEST(nested_npt)
-{
-	struct kvm_vcpu *vcpu;
-	struct kvm_vm *vm;
-
-	if (!kvm_is_tdp_enabled())
-		SKIP(return, "Needs TDP, i.e. kvm_amd.npt=1");
-	if (!have_nested_npt())
-		SKIP(return, "Needs nested SVM with NPT (kvm_amd.nested=1)");
-
-	vm = create_touch_vm(&vcpu, NR_REGIONS, MAP_4K_NESTED);
-	TEST_ASSERT_EQ(shadow_pages(vm), 0);
-	assert_one_page_per_region(vcpu, NR_REGIONS,
-				   "one L2 indirect page per L1 NPT page table");
 	kvm_vm_free(vm);
 }
 
