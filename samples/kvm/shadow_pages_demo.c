@@ -17,8 +17,10 @@
  * under one of two page-table roots, and the host zaps through the page
  * limit and, every few rounds, by deleting and re-adding the data memslot.
  * It prints how long the rounds took by CLOCK_MONOTONIC and how many shadow
- * page events they made.  With "--hold" it builds the shadow page tables
- * once and then keeps the VM until killed.
+ * page events they made.  With "--hold [REGIONS]" it builds the shadow page
+ * tables of the first REGIONS regions (all of them by default) once and then
+ * keeps the VM until killed, so that VMs of different sizes can be watched
+ * side by side.
  *
  * Built with the KVM selftest library; the stat means the same whether KVM
  * or a registered accountant such as kvm_shadow_stats.ko maintains it.
@@ -198,13 +200,15 @@ static void run_churn(u64 rounds)
 	kvm_vm_free(vm);
 }
 
-static void hold(void)
+static void hold_regions(u64 nr)
 {
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 
+	TEST_ASSERT(nr && nr <= DEMO_MAX_REGIONS, "--hold takes 1 to %d regions, not %lu",
+		    DEMO_MAX_REGIONS, nr);
 	vm = create_vm(&vcpu);
-	run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+	run_pass(vm, vcpu, nr);
 	printf("holding %lu shadow pages\n", vm_get_stat(vm, mmu_shadow_pages));
 	fflush(stdout);
 	pause();
@@ -214,11 +218,11 @@ int main(int argc, char *argv[])
 {
 	if (argc == 3 && !strcmp(argv[1], "--churn"))
 		run_churn(strtoull(argv[2], NULL, 0));
-	else if (argc == 2 && !strcmp(argv[1], "--hold"))
-		hold();
+	else if ((argc == 2 || argc == 3) && !strcmp(argv[1], "--hold"))
+		hold_regions(argc == 3 ? strtoull(argv[2], NULL, 0) : DEMO_MAX_REGIONS);
 	else if (argc == 1)
 		demo();
 	else
-		TEST_FAIL("usage: %s [--churn ROUNDS | --hold]", argv[0]);
+		TEST_FAIL("usage: %s [--churn ROUNDS | --hold [REGIONS]]", argv[0]);
 	return 0;
 }
