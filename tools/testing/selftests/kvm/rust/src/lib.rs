@@ -4,17 +4,13 @@
 //! against guests whose page tables it builds itself.
 //!
 //! - [`guest`]: a long-mode guest with test-built page tables that touches chosen addresses.
-//! - [`stats`]: a typed reader of the binary stats file (`KVM_GET_STATS_FD`).
-//! - [`debugfs`]: a reader of KVM's stats in debugfs, globally and per VM.
 //! - [`kvm_ext`]: the KVM ioctls `kvm-ioctls` lacks.
 //! - [`host`]: which MMU KVM uses, from its module parameters.
 //! - [`module`]: loading and unloading kernel modules.
 //! - [`tap`]: kselftest-style TAP output.
 
-pub mod debugfs;
 pub mod guest;
 pub mod host;
 pub mod kvm_ext;
 pub mod module;
-pub mod stats;
 pub mod tap;

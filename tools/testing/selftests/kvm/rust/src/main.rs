@@ -15,12 +15,13 @@ use std::process::ExitCode;
 
 use kvm_bindings::KVM_CAP_BINARY_STATS_FD;
 use kvm_ioctls::Kvm;
-use shadow_mmu_stats_selftest::debugfs::KvmDebugfs;
+use kvm_stats::debugfs::KvmDebugfs;
+use kvm_stats::stats::{StatBase, StatKind, StatUnit, Stats};
+use kvm_stats::stats_fd::open_stats;
 use shadow_mmu_stats_selftest::guest::{TestVm, TouchMapping};
 use shadow_mmu_stats_selftest::host::{self, Paging};
-use shadow_mmu_stats_selftest::kvm_ext::{open_stats, set_nr_mmu_pages};
+use shadow_mmu_stats_selftest::kvm_ext::set_nr_mmu_pages;
 use shadow_mmu_stats_selftest::module;
-use shadow_mmu_stats_selftest::stats::{StatBase, StatKind, StatUnit, Stats};
 use shadow_mmu_stats_selftest::tap::{EXIT_FAIL, Outcome, TapWriter};
 
 /// The stat under test, as named in the binary stats file and in debugfs.
@@ -118,7 +119,7 @@ impl Host {
 
     /// How many VMs debugfs shows, to tell whether this program's are the only ones.
     fn vm_count(&self) -> Result<usize, NotPassed> {
-        Ok(self.debugfs.vm_dirs()?.len())
+        Ok(self.debugfs.vms()?.len())
     }
 }
 

@@ -63,6 +63,12 @@ pub enum StatsError {
     NameWithoutNul { index: u32 },
     /// Descriptor `index` has a name that is not UTF-8.
     NameNotUtf8 { index: u32 },
+    /// The id, `name_size` bytes at `offset`, is not all inside the file.
+    IdOutOfRange { offset: u64, len: u64 },
+    /// The id fills `name_size` bytes without a terminating NUL.
+    IdWithoutNul,
+    /// The id is not UTF-8.
+    IdNotUtf8,
     /// The values of stat `name`, `len` bytes at `offset`, are not all inside the file.
     DataOutOfRange { name: String, offset: u64, len: u64 },
     /// No descriptor has this name.
@@ -97,6 +103,12 @@ impl fmt::Display for StatsError {
             Self::NameNotUtf8 { index } => {
                 write!(f, "stats descriptor {index} has a name that is not UTF-8")
             }
+            Self::IdOutOfRange { offset, len } => write!(
+                f,
+                "stats id ({len} bytes at offset {offset}) extends past the end of the file"
+            ),
+            Self::IdWithoutNul => write!(f, "stats id has no NUL"),
+            Self::IdNotUtf8 => write!(f, "stats id is not UTF-8"),
             Self::DataOutOfRange { name, offset, len } => write!(
                 f,
                 "values of stat {name} ({len} bytes at offset {offset}) extend past the end of the file"
@@ -308,12 +320,11 @@ impl StatDescriptor {
         let size = u16::from_ne_bytes([s0, s1]);
         let offset = u32::from_ne_bytes([o0, o1, o2, o3]);
         let bucket_size = u32::from_ne_bytes([b0, b1, b2, b3]);
-        let name_length = name
-            .iter()
-            .position(|&byte| byte == 0)
-            .ok_or(StatsError::NameWithoutNul { index })?;
-        let name = std::str::from_utf8(&name[..name_length])
-            .map_err(|_| StatsError::NameNotUtf8 { index })?
+        let name = nul_terminated(name)
+            .map_err(|error| match error {
+                StringError::WithoutNul => StatsError::NameWithoutNul { index },
+                StringError::NotUtf8 => StatsError::NameNotUtf8 { index },
+            })?
             .to_owned();
         Ok(Self {
             name,
@@ -348,20 +359,13 @@ impl<S: StatsSource> Stats<S> {
         let stride = header.descriptor_stride();
         // Both factors are bounded by the header checks, so this is at most about 1 MiB.
         let block_len = stride * header.num_desc as usize;
-        let mut block = vec![0u8; block_len];
         let offset = u64::from(header.desc_offset);
-        let read = source
-            .read_at_most(&mut block, offset)
-            .map_err(|source| StatsError::Io {
-                block: "descriptors",
-                source,
-            })?;
-        if read < block_len {
-            return Err(StatsError::DescriptorsOutOfRange {
+        let block = read_block(&source, "descriptors", offset, block_len, || {
+            StatsError::DescriptorsOutOfRange {
                 offset,
                 len: block_len as u64,
-            });
-        }
+            }
+        })?;
         let descriptors = block
             .chunks_exact(stride)
             .zip(0..)
@@ -390,6 +394,25 @@ impl<S: StatsSource> Stats<S> {
         &self.header
     }
 
+    /// The id KVM gave the file: `kvm-<pid>` for a VM and `kvm-<pid>/vcpu-<index>` for a vCPU,
+    /// with the pid of the process that created the VM.
+    pub fn id(&self) -> Result<String, StatsError> {
+        let offset = u64::from(self.header.id_offset);
+        // Bounded by the header checks.
+        let len = self.header.name_size as usize;
+        let bytes = read_block(&self.source, "id", offset, len, || {
+            StatsError::IdOutOfRange {
+                offset,
+                len: len as u64,
+            }
+        })?;
+        let id = nul_terminated(&bytes).map_err(|error| match error {
+            StringError::WithoutNul => StatsError::IdWithoutNul,
+            StringError::NotUtf8 => StatsError::IdNotUtf8,
+        })?;
+        Ok(id.to_owned())
+    }
+
     /// The descriptor of the stat called `name`.
     pub fn descriptor(&self, name: &str) -> Result<&StatDescriptor, StatsError> {
         self.descriptors
@@ -410,17 +433,8 @@ impl<S: StatsSource> Stats<S> {
             offset,
             len,
         };
-        let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| out_of_range())?];
-        let read = self
-            .source
-            .read_at_most(&mut bytes, offset)
-            .map_err(|source| StatsError::Io {
-                block: "data",
-                source,
-            })?;
-        if read < bytes.len() {
-            return Err(out_of_range());
-        }
+        let len = usize::try_from(len).map_err(|_| out_of_range())?;
+        let bytes = read_block(&self.source, "data", offset, len, out_of_range)?;
         let mut fields = NativeFields::new(&bytes);
         Ok(std::iter::from_fn(|| fields.u64()).collect())
     }
@@ -436,6 +450,40 @@ impl<S: StatsSource> Stats<S> {
             }),
         }
     }
+}
+
+/// Reads the `len` bytes of `block` at `offset`, or fails with `out_of_range()` if `source`
+/// ends before them.
+fn read_block(
+    source: &impl StatsSource,
+    block: &'static str,
+    offset: u64,
+    len: usize,
+    out_of_range: impl FnOnce() -> StatsError,
+) -> Result<Vec<u8>, StatsError> {
+    let mut bytes = vec![0u8; len];
+    let read = source
+        .read_at_most(&mut bytes, offset)
+        .map_err(|source| StatsError::Io { block, source })?;
+    if read < len {
+        return Err(out_of_range());
+    }
+    Ok(bytes)
+}
+
+/// Why the bytes of a name or id do not hold one.
+enum StringError {
+    WithoutNul,
+    NotUtf8,
+}
+
+/// The UTF-8 string that `bytes` hold up to their first NUL, as KVM pads names and ids.
+fn nul_terminated(bytes: &[u8]) -> Result<&str, StringError> {
+    let length = bytes
+        .iter()
+        .position(|&byte| byte == 0)
+        .ok_or(StringError::WithoutNul)?;
+    std::str::from_utf8(&bytes[..length]).map_err(|_| StringError::NotUtf8)
 }
 
 /// Consumes native-endian integers from the front of a byte slice, `None` once it runs out.
@@ -575,6 +623,27 @@ mod tests {
         assert_eq!(histogram.kind(), StatKind::LogHistogram);
         assert_eq!(histogram.unit(), StatUnit::Seconds);
         assert_eq!(stats.read_values(histogram).expect("readable"), [1, 2, 3]);
+    }
+
+    #[test]
+    fn id_is_read_and_checked() {
+        let id_of = |file: &[u8]| Stats::new(file).expect("descriptors are intact").id();
+        let mut file = craft(&good_stats(), Overrides::default());
+        assert_eq!(id_of(&file).expect("readable"), "kvm-1234");
+
+        let id = HEADER_SIZE..HEADER_SIZE + NAME_SIZE as usize;
+        file[id.clone()].fill(b'x');
+        assert!(matches!(id_of(&file), Err(StatsError::IdWithoutNul)));
+        file[id.start..id.start + 2].copy_from_slice(&[0xff, 0]);
+        assert!(matches!(id_of(&file), Err(StatsError::IdNotUtf8)));
+
+        // id_offset is the header's fourth field.
+        file[12..16].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert!(matches!(
+            id_of(&file),
+            Err(StatsError::IdOutOfRange { offset, len })
+                if offset == u64::from(u32::MAX) && len == u64::from(NAME_SIZE)
+        ));
     }
 
     #[test]

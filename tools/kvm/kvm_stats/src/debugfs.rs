@@ -65,6 +65,10 @@ impl KvmDebugfs {
         Self { root: root.into() }
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Whether the directory is there at all: it is not if debugfs is not mounted.
     pub fn is_present(&self) -> bool {
         self.root.is_dir()
@@ -72,7 +76,7 @@ impl KvmDebugfs {
 
     /// The directory of the VM that process `pid` created as fd `vm_fd`.
     pub fn vm_dir(&self, pid: u32, vm_fd: RawFd) -> PathBuf {
-        self.root.join(format!("{pid}-{vm_fd}"))
+        self.root.join(VmId { pid, fd: vm_fd }.to_string())
     }
 
     /// The value of `stat` summed over all VMs.
@@ -85,43 +89,63 @@ impl KvmDebugfs {
         read_number(&self.vm_dir(pid, vm_fd).join(stat))
     }
 
-    /// The directories of all VMs, whoever created them.
-    pub fn vm_dirs(&self) -> Result<Vec<PathBuf>, DebugfsError> {
+    /// All VMs that have a directory, whoever created them, in the order of their ids.
+    pub fn vms(&self) -> Result<Vec<VmId>, DebugfsError> {
         let io_error = |source| DebugfsError::Io {
             path: self.root.clone(),
             source,
         };
-        let mut dirs = Vec::new();
+        let mut vms = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(io_error)? {
             let entry = entry.map_err(io_error)?;
-            let name = entry.file_name();
-            if name.to_str().is_some_and(is_vm_dir_name) && entry.path().is_dir() {
-                dirs.push(entry.path());
+            let Some(vm) = entry.file_name().to_str().and_then(VmId::parse) else {
+                continue;
+            };
+            if entry.path().is_dir() {
+                vms.push(vm);
             }
         }
-        dirs.sort();
-        Ok(dirs)
-    }
-
-    /// The value of `stat` in `vm_dir`, one of the directories [`Self::vm_dirs`] lists.
-    pub fn stat_in(&self, vm_dir: &Path, stat: &str) -> Result<u64, DebugfsError> {
-        read_number(&vm_dir.join(stat))
+        vms.sort();
+        Ok(vms)
     }
 
     /// `stat` added up over the directories of all VMs, to compare with [`Self::global`].
     pub fn sum_over_vms(&self, stat: &str) -> Result<u64, DebugfsError> {
-        self.vm_dirs()?
+        self.vms()?
             .iter()
-            .map(|dir| self.stat_in(dir, stat))
+            .map(|vm| self.vm_stat(vm.pid, vm.fd, stat))
             .try_fold(0u64, |sum, value| Ok(sum.saturating_add(value?)))
     }
 }
 
-/// Whether `name` is `<pid>-<fd>`, as KVM names a VM's directory; other entries are stats.
-fn is_vm_dir_name(name: &str) -> bool {
-    let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    name.split_once('-')
-        .is_some_and(|(pid, fd)| all_digits(pid) && all_digits(fd))
+/// A VM as KVM names its debugfs directory: `<pid>-<vm fd>`, the process that created it and
+/// the fd it got there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmId {
+    pub pid: u32,
+    pub fd: RawFd,
+}
+
+impl VmId {
+    /// The VM a directory name stands for, `None` for the other entries, which are stats.
+    pub fn parse(name: &str) -> Option<Self> {
+        let (pid, fd) = name.split_once('-')?;
+        // `parse` alone would take a sign, which KVM never writes.
+        let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(pid) || !all_digits(fd) {
+            return None;
+        }
+        Some(Self {
+            pid: pid.parse().ok()?,
+            fd: fd.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.pid, self.fd)
+    }
 }
 
 fn read_number(path: &Path) -> Result<u64, DebugfsError> {
@@ -171,7 +195,10 @@ mod tests {
             debugfs.sum_over_vms("mmu_shadow_pages").expect("readable"),
             12
         );
-        assert_eq!(debugfs.vm_dirs().expect("listable").len(), 2);
+        assert_eq!(
+            debugfs.vms().expect("listable"),
+            [VmId { pid: 100, fd: 5 }, VmId { pid: 100, fd: 7 }]
+        );
         fs::remove_dir_all(debugfs.root).expect("removable");
     }
 
@@ -191,10 +218,19 @@ mod tests {
 
     #[test]
     fn recognises_vm_directory_names() {
-        assert!(is_vm_dir_name("1234-5"));
-        assert!(!is_vm_dir_name("mmu_shadow_pages"));
-        assert!(!is_vm_dir_name("-5"));
-        assert!(!is_vm_dir_name("12-"));
-        assert!(!is_vm_dir_name("12-a"));
+        let vm = VmId::parse("1234-5");
+        assert_eq!(vm, Some(VmId { pid: 1234, fd: 5 }));
+        assert_eq!(vm.map(|vm| vm.to_string()).as_deref(), Some("1234-5"));
+        for name in [
+            "mmu_shadow_pages",
+            "-5",
+            "12-",
+            "12-a",
+            "+12-5",
+            "12--5",
+            "99999999999-5",
+        ] {
+            assert_eq!(VmId::parse(name), None, "{name}");
+        }
     }
 }
