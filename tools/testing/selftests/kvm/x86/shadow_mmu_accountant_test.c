@@ -294,28 +294,6 @@ static int load_module_failing_nth(int module_fd, int fail_nth_fd,
 	return r ? err : 0;
 }
 
-/* True if the module logged, since the last call, that its init failed. */
-static bool module_init_failed_since(int kmsg_fd)
-{
-	char record[8192];
-	bool found = false;
-	ssize_t len;
-
-	for (;;) {
-		len = read(kmsg_fd, record, sizeof(record) - 1);
-		/* Records overwritten before they were read: go on after them. */
-		if (len < 0 && errno == EPIPE)
-			continue;
-		if (len <= 0)
-			break;
-		record[len] = '\0';
-		if (strstr(record, MODULE_NAME ": " MODULE_INIT_FAILED))
-			found = true;
-	}
-	TEST_ASSERT(len < 0 && errno == EAGAIN, "Failed to read /dev/kmsg");
-	return found;
-}
-
 struct fault_sweep {
 	struct kvm_vcpu *vcpu;
 	const char *module;
@@ -339,6 +317,7 @@ static bool faulted_load(struct fault_sweep *sweep, unsigned int nth)
 {
 	struct kvm_vm *vm = sweep->vcpu->vm;
 	unsigned int left;
+	char report[1024];
 	u64 count;
 	int err;
 
@@ -355,9 +334,10 @@ static bool faulted_load(struct fault_sweep *sweep, unsigned int nth)
 		TEST_ASSERT(!module_loaded(),
 			    "Allocation %u failing: the load failed, but %s is loaded",
 			    nth, MODULE_NAME);
-		TEST_ASSERT(!module_init_failed_since(sweep->kmsg_fd),
-			    "Allocation %u failing: the module's init failed, yet it allocates nothing",
-			    nth);
+		TEST_ASSERT(!kmsg_read_for(sweep->kmsg_fd, MODULE_NAME ": " MODULE_INIT_FAILED,
+					   report, sizeof(report)),
+			    "Allocation %u failing: the module's init failed, yet it allocates nothing: %s",
+			    nth, report);
 		sweep->nr_failed++;
 	} else {
 		TEST_ASSERT(module_loaded(),
@@ -444,10 +424,7 @@ TEST_F_TIMEOUT(module_load_faults, every_allocation, 3600)
 		    "Failed to open /proc/thread-self/fail-nth");
 	sweep.module_fd = open(sweep.module, O_RDONLY | O_CLOEXEC);
 	TEST_ASSERT(sweep.module_fd >= 0, "Failed to open %s", sweep.module);
-	sweep.kmsg_fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK);
-	TEST_ASSERT(sweep.kmsg_fd >= 0, "Failed to open /dev/kmsg");
-	TEST_ASSERT(lseek(sweep.kmsg_fd, 0, SEEK_END) >= 0,
-		    "Failed to skip the kernel log so far");
+	sweep.kmsg_fd = kmsg_open_at_end();
 
 	for (nth = 1; nth < MAX_LOAD_ALLOCATIONS; nth++) {
 		if (!faulted_load(&sweep, nth))

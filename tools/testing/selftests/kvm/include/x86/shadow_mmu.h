@@ -59,4 +59,12 @@ int sum_vm_debugfs_shadow_pages(u64 *sum);
 u64 checked_shadow_pages(struct kvm_vm *vm);
 int assert_global_is_sum_of_vms(void);
 
+/* /dev/kmsg, positioned after the records logged so far. */
+int kmsg_open_at_end(void);
+/*
+ * Reads the kernel log records after @kmsg_fd's position: true, with the
+ * first message holding @needle in @match, if one does.
+ */
+bool kmsg_read_for(int kmsg_fd, const char *needle, char *match, size_t size);
+
 #endif /* SELFTEST_KVM_SHADOW_MMU_H */

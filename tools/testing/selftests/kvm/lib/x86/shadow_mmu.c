@@ -45,6 +45,39 @@ bool have_nested_npt(void)
 	return kvm_cpu_has(X86_FEATURE_SVM) && kvm_cpu_has_npt();
 }
 
+int kmsg_open_at_end(void)
+{
+	int kmsg_fd = open_path_or_exit("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+
+	TEST_ASSERT(lseek(kmsg_fd, 0, SEEK_END) >= 0,
+		    "Failed to skip the kernel log so far");
+	return kmsg_fd;
+}
+
+bool kmsg_read_for(int kmsg_fd, const char *needle, char *match, size_t size)
+{
+	char record[8192], *message;
+	bool found = false;
+	ssize_t len;
+
+	for (;;) {
+		len = read(kmsg_fd, record, sizeof(record) - 1);
+		/* Records overwritten before they were read: go on after them. */
+		if (len < 0 && errno == EPIPE)
+			continue;
+		if (len <= 0)
+			break;
+		record[len] = '\0';
+		if (found || !strstr(record, needle))
+			continue;
+		found = true;
+		message = strchr(record, ';');
+		snprintf(match, size, "%s", message ? message + 1 : record);
+	}
+	TEST_ASSERT(len < 0 && errno == EAGAIN, "Failed to read /dev/kmsg");
+	return found;
+}
+
 /*
  * KVM puts its own count back when a shadow page accountant gets it wrong,
  * and says so in the kernel log: with an accountant loaded, the log shows
@@ -54,28 +87,15 @@ bool have_nested_npt(void)
 static void assert_no_accountant_report(void)
 {
 	static int kmsg_fd = -1;
-	char record[8192];
-	ssize_t len;
+	char report[1024];
 
 	if (kmsg_fd < 0) {
-		kmsg_fd = open_path_or_exit("/dev/kmsg", O_RDONLY | O_NONBLOCK);
-		TEST_ASSERT(lseek(kmsg_fd, 0, SEEK_END) >= 0,
-			    "Failed to skip the kernel log so far");
+		kmsg_fd = kmsg_open_at_end();
 		return;
 	}
-	for (;;) {
-		len = read(kmsg_fd, record, sizeof(record) - 1);
-		/* Records overwritten before they were read: go on after them. */
-		if (len < 0 && errno == EPIPE)
-			continue;
-		if (len <= 0)
-			break;
-		record[len] = '\0';
-		TEST_ASSERT(!strstr(record, " left mmu_shadow_pages at "),
-			    "KVM caught a shadow page accountant miscounting: %s",
-			    strchr(record, ';') ? strchr(record, ';') + 1 : record);
-	}
-	TEST_ASSERT(len < 0 && errno == EAGAIN, "Failed to read /dev/kmsg");
+	TEST_ASSERT(!kmsg_read_for(kmsg_fd, " left mmu_shadow_pages at ", report,
+				   sizeof(report)),
+		    "KVM caught a shadow page accountant miscounting: %s", report);
 }
 
 struct kvm_vm *create_touch_vm(struct kvm_vcpu **vcpu, int nr_regions,
