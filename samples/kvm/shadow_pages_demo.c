@@ -18,9 +18,9 @@
  * limit and, every few rounds, by deleting and re-adding the data memslot.
  * It prints how long the rounds took by CLOCK_MONOTONIC and how many shadow
  * page events they made.  With "--hold [REGIONS]" it builds the shadow page
- * tables of the first REGIONS regions (all of them by default) once and then
- * keeps the VM until killed, so that VMs of different sizes can be watched
- * side by side.
+ * tables of the first REGIONS regions (the demo's 256 by default, up to
+ * 4096, about one shadow page each) once and then keeps the VM until killed,
+ * so that VMs of different sizes can be watched side by side.
  *
  * Built with the KVM selftest library; the stat means the same whether KVM
  * or a registered accountant such as kvm_shadow_stats.ko maintains it.
@@ -40,9 +40,13 @@
 #define DEMO_GVA		0x40000000UL
 #define DEMO_DATA_GPA		0x10000000UL
 #define DEMO_DATA_SLOT		1
+/* The regions of the demo and of the churn workload. */
 #define DEMO_MAX_REGIONS	256
+/* A VM kept by --hold may be bigger, for hand-over benchmarks. */
+#define HOLD_MAX_REGIONS	4096
 #define DEMO_MIN_MMU_PAGES	64	/* KVM_MIN_ALLOC_MMU_PAGES */
-#define DEMO_MMU_PAGES		(4 * DEMO_MAX_REGIONS)
+/* A page limit that leaves a VM of that many regions all its shadow pages. */
+#define DEMO_MMU_PAGES(regions)	(4 * (regions))
 #define CHURN_SLOT_EVERY	8
 
 /* Number of 2MiB regions the guest touches on its next pass. */
@@ -104,7 +108,8 @@ static void set_mmu_pages(struct kvm_vm *vm, u64 limit)
 	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)limit);
 }
 
-static struct kvm_vm *create_vm(struct kvm_vcpu **vcpu)
+/* A VM with REGIONS regions mapped, none of them touched yet. */
+static struct kvm_vm *create_vm(struct kvm_vcpu **vcpu, u64 regions)
 {
 	struct kvm_vm *vm;
 	u64 i;
@@ -113,17 +118,16 @@ static struct kvm_vm *create_vm(struct kvm_vcpu **vcpu)
 	 * The library sizes the room for guest page tables by the memory a
 	 * test says it will map; one page table maps 2MiB of 4KiB pages.
 	 */
-	vm = __vm_create_with_one_vcpu(vcpu, DEMO_MAX_REGIONS * (SZ_2M / PAGE_SIZE),
-				       guest_code);
+	vm = __vm_create_with_one_vcpu(vcpu, regions * (SZ_2M / PAGE_SIZE), guest_code);
 	/*
 	 * Every region maps the same data page, in a memslot of its own so
 	 * that deleting it zaps shadow pages without touching the page tables.
 	 */
 	vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, DEMO_DATA_GPA,
 				    DEMO_DATA_SLOT, 1, 0);
-	for (i = 0; i < DEMO_MAX_REGIONS; i++)
+	for (i = 0; i < regions; i++)
 		virt_pg_map(vm, DEMO_GVA + i * SZ_2M, DEMO_DATA_GPA);
-	set_mmu_pages(vm, DEMO_MMU_PAGES);
+	set_mmu_pages(vm, DEMO_MMU_PAGES(regions));
 	return vm;
 }
 
@@ -136,7 +140,7 @@ static void demo(void)
 
 	printf("%-44s %12s %12s %12s\n", "mmu_shadow_pages after", "stats fd",
 	       "debugfs VM", "debugfs all");
-	vm = create_vm(&vcpu);
+	vm = create_vm(&vcpu, DEMO_MAX_REGIONS);
 	show(vm, "VM created");
 	for (nr = DEMO_MAX_REGIONS / 4; nr <= DEMO_MAX_REGIONS; nr *= 4) {
 		run_pass(vm, vcpu, nr);
@@ -165,7 +169,7 @@ static void run_churn(u64 rounds)
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 
-	vm = create_vm(&vcpu);
+	vm = create_vm(&vcpu, DEMO_MAX_REGIONS);
 	root_a = vm->mmu.pgd;
 	root_b = vm_alloc_page_table(vm);
 	memcpy(addr_gpa2hva(vm, root_b), addr_gpa2hva(vm, root_a), PAGE_SIZE);
@@ -180,7 +184,7 @@ static void run_churn(u64 rounds)
 	for (round = 1; !rounds || round <= rounds; round++) {
 		run_pass(vm, vcpu, DEMO_MAX_REGIONS);
 		set_mmu_pages(vm, DEMO_MIN_MMU_PAGES);
-		set_mmu_pages(vm, DEMO_MMU_PAGES);
+		set_mmu_pages(vm, DEMO_MMU_PAGES(DEMO_MAX_REGIONS));
 		if (round % CHURN_SLOT_EVERY)
 			continue;
 		vm_mem_region_delete(vm, DEMO_DATA_SLOT);
@@ -205,9 +209,10 @@ static void hold_regions(u64 nr)
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 
-	TEST_ASSERT(nr && nr <= DEMO_MAX_REGIONS, "--hold takes 1 to %d regions, not %lu",
-		    DEMO_MAX_REGIONS, nr);
-	vm = create_vm(&vcpu);
+	TEST_ASSERT(nr && nr <= HOLD_MAX_REGIONS, "--hold takes 1 to %d regions, not %lu",
+		    HOLD_MAX_REGIONS, nr);
+	/* Up to the demo's size, the very VM of the demo. */
+	vm = create_vm(&vcpu, nr > DEMO_MAX_REGIONS ? nr : DEMO_MAX_REGIONS);
 	run_pass(vm, vcpu, nr);
 	printf("holding %lu shadow pages\n", vm_get_stat(vm, mmu_shadow_pages));
 	fflush(stdout);
