@@ -1,30 +1,71 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Keeps KVM x86's `mmu_shadow_pages` stat in Rust.
+//! Keeps KVM x86's `mmu_shadow_pages` stat in Rust, and where the shadow pages are in debugfs.
 //!
 //! On load the module takes over the accounting of shadow MMU pages (direct and indirect shadow
 //! pages, never TDP MMU pages) for every VM, running or yet to come, continuing each VM's count
 //! where KVM left it; on unload it hands the accounting back. The stat is the one KVM exposes
 //! through the binary stats fd and debugfs; KVM checks it after every event, so its MMU page
 //! limit never depends on this module.
+//!
+//! Next to the stat it keeps, per VM, the pages by role, their memory, the peak and the pages
+//! allocated and zapped, in `/sys/kernel/debug/kvm_shadow_stats/`; the layout is described in
+//! Documentation/shadow-page-breakdown.rst, and is not ABI.
 
-use kernel::prelude::*;
-use kernel::sync::atomic::{AtomicFlag, Relaxed};
+use kernel::{
+    debugfs::{Dir, File, Scope},
+    fmt, new_mutex,
+    prelude::*,
+    sync::{
+        atomic::{AtomicFlag, Relaxed},
+        Arc, Mutex,
+    },
+    uaccess::UserSliceReader,
+};
 
+mod breakdown;
 pub mod kvm;
 
-use kvm::{Accountant, PageRole, Registration, Vm};
+use breakdown::{bucket_of, is_peak_reset, Counters, Snapshot};
+use kvm::{Accountant, LockedVm, PageRole, Registration, Vm, VmData};
 
 module! {
     type: KvmShadowStats,
     name: "kvm_shadow_stats",
     authors: ["kvm-shadow-stats developers"],
-    description: "Accounts KVM x86 shadow MMU pages in the mmu_shadow_pages stat",
+    description: "Accounts KVM x86 shadow MMU pages, by role, per VM",
     license: "GPL",
 }
 
-/// Counts shadow pages in each VM's `mmu_shadow_pages` stat, exactly as KVM's built-in C does.
-struct ShadowPageCounter;
+/// A VM's counters and its debugfs directory, which is removed before the counters are freed.
+type VmEntry = Scope<Counters>;
+
+/// A file that sums over all VMs.
+type AllVmsFile = Pin<KBox<File<Arc<Registry>>>>;
+
+/// The VMs attached, for the files that sum over them.
+#[pin_data]
+struct Registry {
+    dir: Dir,
+    #[pin]
+    vms: Mutex<KVec<Arc<VmEntry>>>,
+}
+
+impl Registry {
+    fn sum(&self) -> Snapshot {
+        let mut all = Snapshot::default();
+        for vm in self.vms.lock().iter() {
+            all.add(vm);
+        }
+        all
+    }
+}
+
+/// Counts shadow pages in each VM's `mmu_shadow_pages` stat, exactly as KVM's built-in C does,
+/// and by role in the VM's [`Counters`].
+struct ShadowPageCounter {
+    registry: Arc<Registry>,
+}
 
 /// Set once an underflow has been reported, so that a broken count cannot flood the log.
 static UNDERFLOW_REPORTED: AtomicFlag = AtomicFlag::new(false);
@@ -44,37 +85,189 @@ fn report_underflow(vm: &Vm, role: PageRole, gfn: u64) {
     }
 }
 
+fn write_pages(vm: &Counters, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    vm.snapshot().write_pages(f)
+}
+
+fn write_totals(vm: &Counters, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    vm.snapshot().write_totals(f)
+}
+
+fn write_peak(vm: &Counters, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    vm.snapshot().write_peak(f)
+}
+
+/// Reads what is written to a `peak` file: `Ok(())` if it asks for a reset, `EINVAL` otherwise.
+fn read_peak_reset(input: &mut UserSliceReader) -> Result {
+    let mut buf = [0u8; 4];
+    let len = input.len();
+    if len > buf.len() {
+        return Err(EINVAL);
+    }
+    input.read_slice(&mut buf[..len])?;
+    if is_peak_reset(&buf[..len]) {
+        Ok(())
+    } else {
+        Err(EINVAL)
+    }
+}
+
+fn reset_peak(vm: &Counters, input: &mut UserSliceReader) -> Result {
+    read_peak_reset(input)?;
+    vm.reset_peak();
+    Ok(())
+}
+
+fn write_all_pages(registry: &Arc<Registry>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    registry.sum().write_pages(f)
+}
+
+fn write_all_totals(registry: &Arc<Registry>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    registry.sum().write_totals(f)
+}
+
+fn write_all_peak(registry: &Arc<Registry>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    registry.sum().write_peak(f)
+}
+
+fn reset_all_peaks(registry: &Arc<Registry>, input: &mut UserSliceReader) -> Result {
+    read_peak_reset(input)?;
+    for vm in registry.vms.lock().iter() {
+        vm.reset_peak();
+    }
+    Ok(())
+}
+
+impl ShadowPageCounter {
+    fn attach_vm(&self, vm: &Vm) -> Result<Arc<VmEntry>> {
+        let dir = self
+            .registry
+            .dir
+            .scope(Counters::new(), vm.dir_name(), |counters, dir| {
+                dir.read_callback_file(c"pages", counters, &write_pages);
+                dir.read_callback_file(c"totals", counters, &write_totals);
+                dir.read_write_callback_file(c"peak", counters, &write_peak, &reset_peak);
+            });
+        let entry = Arc::pin_init(dir, GFP_KERNEL)?;
+        self.registry.vms.lock().push(entry.clone(), GFP_KERNEL)?;
+        Ok(entry)
+    }
+}
+
 impl Accountant for ShadowPageCounter {
-    fn account(vm: &Vm, _role: PageRole, _gfn: u64) {
-        vm.set_shadow_pages(vm.shadow_pages().wrapping_add(1));
+    type VmData = Arc<VmEntry>;
+
+    fn attach(&self, vm: &Vm) -> Result<Arc<VmEntry>> {
+        self.attach_vm(vm).inspect_err(|err| {
+            pr_warn!(
+                "{}: no breakdown for this VM: error {}\n",
+                vm.dir_name(),
+                err.to_errno()
+            );
+        })
     }
 
-    fn unaccount(vm: &Vm, role: PageRole, gfn: u64) {
+    fn detach(&self, _vm: &Vm, data: Arc<VmEntry>) {
+        let listed = {
+            let mut vms = self.registry.vms.lock();
+            let i = vms.iter().position(|vm| Arc::ptr_eq(vm, &data));
+            i.and_then(|i| vms.remove(i).ok())
+        };
+        // The last reference removes the VM's files, which waits for their readers: not under
+        // the lock that the readers of the files of all VMs take.
+        drop(listed);
+    }
+
+    fn adopt(_vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, _gfn: u64) {
+        data.found(bucket_of(role));
+    }
+
+    #[inline]
+    fn account(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, _gfn: u64) {
+        let pages = vm.shadow_pages().wrapping_add(1);
+        vm.set_shadow_pages(pages);
+        data.allocated(bucket_of(role), pages);
+    }
+
+    #[inline]
+    fn unaccount(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64) {
         let pages = vm.shadow_pages();
+        vm.set_shadow_pages(pages.wrapping_sub(1));
+        data.zapped(bucket_of(role));
+        // Last, so that the check costs a test and a branch, with nothing to keep for the call.
         if pages == 0 {
             report_underflow(vm, role, gfn);
         }
-        vm.set_shadow_pages(pages.wrapping_sub(1));
     }
 }
 
 struct KvmShadowStats {
+    // Dropped first: detaching every VM removes their directories.
     _registration: Registration<ShadowPageCounter>,
+    _files: KVec<AllVmsFile>,
+}
+
+fn create_files(registry: &Arc<Registry>) -> Result<KVec<AllVmsFile>> {
+    let dir = &registry.dir;
+    let mut files = KVec::with_capacity(3, GFP_KERNEL)?;
+    files.push(
+        KBox::pin_init(
+            dir.read_callback_file(c"pages", registry.clone(), &write_all_pages),
+            GFP_KERNEL,
+        )?,
+        GFP_KERNEL,
+    )?;
+    files.push(
+        KBox::pin_init(
+            dir.read_callback_file(c"totals", registry.clone(), &write_all_totals),
+            GFP_KERNEL,
+        )?,
+        GFP_KERNEL,
+    )?;
+    files.push(
+        KBox::pin_init(
+            dir.read_write_callback_file(
+                c"peak",
+                registry.clone(),
+                &write_all_peak,
+                &reset_all_peaks,
+            ),
+            GFP_KERNEL,
+        )?,
+        GFP_KERNEL,
+    )?;
+    Ok(files)
+}
+
+impl KvmShadowStats {
+    fn new(module: &'static ThisModule) -> Result<Self> {
+        let registry = Arc::pin_init(
+            pin_init!(Registry {
+                dir: Dir::new(c"kvm_shadow_stats"),
+                vms <- new_mutex!(KVec::new()),
+            }),
+            GFP_KERNEL,
+        )?;
+        let files = create_files(&registry)?;
+        let registration = Registration::new(module, ShadowPageCounter { registry })?;
+        Ok(Self {
+            _registration: registration,
+            _files: files,
+        })
+    }
 }
 
 impl kernel::Module for KvmShadowStats {
     fn init(module: &'static ThisModule) -> Result<Self> {
         // The loader reports only the errno: say what failed.
-        let registration = Registration::new(module).inspect_err(|err| {
+        let this = Self::new(module).inspect_err(|err| {
             pr_err!(
                 "cannot take over shadow page accounting: error {}\n",
                 err.to_errno()
             );
         })?;
         pr_info!("accounting shadow pages\n");
-        Ok(Self {
-            _registration: registration,
-        })
+        Ok(this)
     }
 }
 

@@ -4,22 +4,25 @@
 //!
 //! C header: [`arch/x86/include/asm/kvm_mmu_accountant.h`](srctree/arch/x86/include/asm/kvm_mmu_accountant.h)
 //!
-//! KVM calls the registered accountant once for every shadow page it allocates and once for every
-//! shadow page it zaps, with the VM's `mmu_lock` held for write, and checks the VM's
-//! `mmu_shadow_pages` stat after each call. A [`Vm`] is only ever lent to an [`Accountant`] for
-//! the duration of such a call, so holding one is proof that the lock is held: the borrow
-//! checker, not a comment, keeps it from escaping.
+//! KVM attaches every VM to the registered accountant, shows it the shadow pages the VM already
+//! holds, and then calls it once for every shadow page it allocates and once for every shadow
+//! page it zaps, with the VM's `mmu_lock` held for write, checking the VM's `mmu_shadow_pages`
+//! stat after each call. A [`LockedVm`] is only ever lent to an [`Accountant`] for the duration
+//! of such a call, so holding one is proof that the lock is held: the borrow checker, not a
+//! comment, keeps it from escaping.
 
-use core::marker::PhantomData;
-use kernel::{bindings, error::to_result, prelude::*, str::CStrExt, types::Opaque};
+use core::{ffi::c_void, ops::Deref};
+use kernel::{
+    bindings, container_of, error::to_result, prelude::*, str::CStrExt, types::ForeignOwnable,
+    types::Opaque,
+};
 
-/// A VM, as KVM lends it to an [`Accountant`] callback.
+/// A VM, as KVM lends it to an [`Accountant`] to attach or detach it.
 ///
 /// # Invariants
 ///
-/// While a `&Vm` exists, it refers to the `kvm_mmu_accountant_vm` of a live VM whose `mmu_lock`
-/// is held for write, whose `shadow_pages` points to the VM's `mmu_shadow_pages` stat and whose
-/// `name` points to the VM's NUL-terminated `stats_id`.
+/// While a `&Vm` exists, it refers to the `kvm_mmu_accountant_vm` of a live VM, whose `name` and
+/// `dir_name` are NUL-terminated strings that KVM does not change while the VM lives.
 #[repr(transparent)]
 pub struct Vm(Opaque<bindings::kvm_mmu_accountant_vm>);
 
@@ -28,20 +31,62 @@ impl Vm {
     ///
     /// # Safety
     ///
+    /// `ptr` must point to the `kvm_mmu_accountant_vm` of a VM that lives for all of `'a`.
+    unsafe fn from_raw<'a>(ptr: *const bindings::kvm_mmu_accountant_vm) -> &'a Self {
+        // INVARIANT: Guaranteed by the caller; KVM sets the names before it hands the VM to an
+        // accountant and never changes them.
+        // SAFETY: `Vm` is a transparent wrapper of the C struct, which the caller guarantees to be
+        // valid for `'a`.
+        unsafe { &*ptr.cast::<Self>() }
+    }
+
+    /// The VM's name in KVM's own messages, `kvm-<pid>`.
+    pub fn name(&self) -> &CStr {
+        // SAFETY: By the type invariant `name` is a NUL-terminated string that lives as long as
+        // the VM.
+        unsafe { CStr::from_char_ptr((*self.0.get()).name) }
+    }
+
+    /// The name of the VM's directory in KVM's debugfs, `<pid>-<fd>`.
+    pub fn dir_name(&self) -> &CStr {
+        // SAFETY: By the type invariant `dir_name` holds a NUL-terminated string, which lives as
+        // long as the VM.
+        unsafe { CStr::from_char_ptr((*self.0.get()).dir_name.as_ptr()) }
+    }
+
+    fn data(&self) -> *mut c_void {
+        // SAFETY: By the type invariant `self.0` is a valid `kvm_mmu_accountant_vm`; KVM only
+        // writes `priv` outside the callbacks that read it.
+        unsafe { (*self.0.get()).priv_ }
+    }
+}
+
+/// A VM whose `mmu_lock` is held for write, as KVM lends it to an [`Accountant`] callback for
+/// one of its shadow pages.
+///
+/// # Invariants
+///
+/// While a `&LockedVm` exists, the VM's `mmu_lock` is held for write, and `shadow_pages` points
+/// to the VM's `mmu_shadow_pages` stat.
+#[repr(transparent)]
+pub struct LockedVm(Vm);
+
+impl LockedVm {
+    /// # Safety
+    ///
     /// `ptr` must point to the `kvm_mmu_accountant_vm` of a live VM whose `mmu_lock` is held for
     /// write for all of `'a`.
     unsafe fn from_raw<'a>(ptr: *const bindings::kvm_mmu_accountant_vm) -> &'a Self {
-        // INVARIANT: Guaranteed by the caller; KVM sets `shadow_pages` and `name` when it creates
-        // the VM and never changes them.
-        // SAFETY: `Vm` is a transparent wrapper of the C struct, which the caller guarantees to be
-        // valid for `'a`.
+        // INVARIANT: Guaranteed by the caller; KVM sets `shadow_pages` when it creates the VM.
+        // SAFETY: `LockedVm` is a transparent wrapper of `Vm`, whose requirements the caller
+        // meets.
         unsafe { &*ptr.cast::<Self>() }
     }
 
     fn stat(&self) -> *mut u64 {
         // SAFETY: By the type invariant `self.0` is a valid `kvm_mmu_accountant_vm`, whose fields
         // KVM does not change while the VM lives.
-        unsafe { (*self.0.get()).shadow_pages }
+        unsafe { (*self.0 .0.get()).shadow_pages }
     }
 
     /// The VM's `mmu_shadow_pages` stat.
@@ -66,12 +111,13 @@ impl Vm {
         // `mmu_lock`, held by the type invariant; lockless readers load the whole word at once.
         unsafe { self.stat().write_volatile(pages) }
     }
+}
 
-    /// The VM's name in KVM's own messages, `kvm-<pid>`.
-    pub fn name(&self) -> &CStr {
-        // SAFETY: By the type invariant `name` is the VM's NUL-terminated `stats_id`, which KVM
-        // writes before the VM has any shadow page and which lives as long as the VM.
-        unsafe { CStr::from_char_ptr((*self.0.get()).name) }
+impl Deref for LockedVm {
+    type Target = Vm;
+
+    fn deref(&self) -> &Vm {
+        &self.0
     }
 }
 
@@ -88,6 +134,11 @@ impl PageRole {
         // SAFETY: Both fields of the union are plain integers of the same size, so every bit
         // pattern is valid for either.
         unsafe { self.0.__bindgen_anon_1 }
+    }
+
+    /// The role whose `union kvm_mmu_page_role` word is `word`.
+    pub fn from_word(word: u32) -> Self {
+        Self(bindings::kvm_mmu_page_role { word })
     }
 
     /// Page table level, 1 (4KiB PTEs) to 5.
@@ -130,96 +181,205 @@ impl core::fmt::Debug for PageRole {
     }
 }
 
+/// The per-VM data of the accountant `T`, as its callbacks borrow it.
+pub type VmData<'a, T> = <<T as Accountant>::VmData as ForeignOwnable>::Borrowed<'a>;
+
 /// Maintains KVM's `mmu_shadow_pages` stat in place of KVM's own accounting.
 ///
-/// The callbacks run with the VM's `mmu_lock` held for write and must not sleep; callbacks for
-/// different VMs run concurrently. Each must move the stat by exactly one; KVM checks it after
-/// every call and restores its own count otherwise. Pages that exist when the accountant
-/// registers were accounted by KVM: counts an accountant keeps of its own only cover the pages
-/// allocated after it registered.
-pub trait Accountant {
-    /// Called once for every shadow page KVM allocates, after the page's role and gfn are set.
-    fn account(vm: &Vm, role: PageRole, gfn: u64);
+/// KVM attaches every VM to the accountant, those that exist when it registers and those created
+/// later, and detaches them when they are destroyed or the accountant unregisters. Between the
+/// two, KVM shows the accountant every shadow page that the VM held when it was attached, then
+/// every one it allocates or zaps; the accountant keeps per-VM data of its own.
+///
+/// The page callbacks run with the VM's `mmu_lock` held for write and must not sleep; callbacks
+/// for different VMs run concurrently. [`Accountant::account`] and [`Accountant::unaccount`] must
+/// move the stat by exactly one; KVM checks it after every call and restores its own count
+/// otherwise.
+pub trait Accountant: Send + Sync + Sized + 'static {
+    /// What the accountant keeps per VM.
+    type VmData: ForeignOwnable + Send + Sync;
 
-    /// Called once for every shadow page KVM zaps, with the role and gfn it was accounted with.
-    fn unaccount(vm: &Vm, role: PageRole, gfn: u64);
+    /// Sets up the accountant's data for `vm`. May sleep. On error KVM keeps counting the VM's
+    /// pages itself and none of the VM's pages is shown to the accountant.
+    fn attach(&self, vm: &Vm) -> Result<Self::VmData>;
+
+    /// Takes back the data of `vm` when the VM is destroyed, after its last shadow page is gone,
+    /// or when the accountant unregisters. May sleep.
+    fn detach(&self, vm: &Vm, data: Self::VmData);
+
+    /// Called once for every shadow page that `vm` holds when it is attached, before any
+    /// [`Accountant::account`] or [`Accountant::unaccount`] of the VM. The stat already counts
+    /// these pages.
+    fn adopt(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
+
+    /// Called once for every shadow page KVM allocates, after the page's role and gfn are set.
+    fn account(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
+
+    /// Called once for every shadow page KVM zaps, with the role and gfn it was accounted or
+    /// adopted with.
+    fn unaccount(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
 }
 
-/// The C ops table of the accountant `T`, a constant in the module's read-only data.
-struct OpsTable<T>(PhantomData<T>);
+/// The accountant `T` with the C ops table KVM knows it by, which its callbacks find it from.
+struct Ops<T> {
+    ops: bindings::kvm_mmu_page_accountant,
+    accountant: T,
+}
 
-impl<T: Accountant> OpsTable<T> {
+impl<T: Accountant> Ops<T> {
     const OPS: bindings::kvm_mmu_page_accountant = bindings::kvm_mmu_page_accountant {
+        attach: Some(Self::attach),
+        detach: Some(Self::detach),
+        adopt: Some(Self::adopt),
         account: Some(Self::account),
         unaccount: Some(Self::unaccount),
     };
 
     /// # Safety
     ///
-    /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback.
+    /// `acct` must be the `ops` field of an `Ops<T>` that lives for all of `'a`.
+    unsafe fn from_ops<'a>(acct: *const bindings::kvm_mmu_page_accountant) -> &'a Self {
+        // SAFETY: Guaranteed by the caller.
+        unsafe { &*container_of!(acct, Self, ops) }
+    }
+
+    /// # Safety
+    ///
+    /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback of `Ops<T>`.
+    unsafe extern "C" fn attach(
+        acct: *const bindings::kvm_mmu_page_accountant,
+        vm: *const bindings::kvm_mmu_accountant_vm,
+    ) -> *mut c_void {
+        // SAFETY: KVM passes the accountant that `Registration::<T>::new()` registered, an `Ops<T>`
+        // that stays alive until unregistered, and a VM that lives for the call.
+        let (this, vm) = unsafe { (Self::from_ops(acct), Vm::from_raw(vm)) };
+        match this.accountant.attach(vm) {
+            Ok(data) => data.into_foreign(),
+            Err(err) => err.to_ptr(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback of `Ops<T>`.
+    unsafe extern "C" fn detach(
+        acct: *const bindings::kvm_mmu_page_accountant,
+        vm: *const bindings::kvm_mmu_accountant_vm,
+    ) {
+        // SAFETY: As in `attach()`.
+        let (this, vm) = unsafe { (Self::from_ops(acct), Vm::from_raw(vm)) };
+        // SAFETY: KVM detaches only a VM that `attach()` succeeded for, once, with `priv` set to
+        // what `into_foreign()` returned there, and after its last page callback for the VM.
+        let data = unsafe { T::VmData::from_foreign(vm.data()) };
+        this.accountant.detach(vm, data)
+    }
+
+    /// # Safety
+    ///
+    /// Only to be called by KVM as a page callback of `Ops<T>`, for an attached VM.
+    unsafe fn page_args<'a>(
+        vm: *const bindings::kvm_mmu_accountant_vm,
+    ) -> (&'a LockedVm, VmData<'a, T>) {
+        // SAFETY: KVM makes page callbacks with the VM's `mmu_lock` held for write until the call
+        // returns.
+        let vm = unsafe { LockedVm::from_raw(vm) };
+        // SAFETY: The VM is attached: `priv` is what `attach()` returned from `into_foreign()`,
+        // and `detach()`, which takes it back, only runs after the last page callback.
+        let data = unsafe { T::VmData::borrow(vm.data()) };
+        (vm, data)
+    }
+
+    /// # Safety
+    ///
+    /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback of `Ops<T>`.
+    unsafe extern "C" fn adopt(
+        vm: *const bindings::kvm_mmu_accountant_vm,
+        role: bindings::kvm_mmu_page_role,
+        gfn: bindings::gfn_t,
+    ) {
+        // SAFETY: KVM calls this for an attached VM.
+        let (vm, data) = unsafe { Self::page_args(vm) };
+        T::adopt(vm, data, PageRole(role), gfn)
+    }
+
+    /// # Safety
+    ///
+    /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback of `Ops<T>`.
     unsafe extern "C" fn account(
         vm: *const bindings::kvm_mmu_accountant_vm,
         role: bindings::kvm_mmu_page_role,
         gfn: bindings::gfn_t,
     ) {
-        // SAFETY: KVM calls accountants with the `kvm_mmu_accountant_vm` of a live VM whose
-        // `mmu_lock` it holds for write until the call returns.
-        T::account(unsafe { Vm::from_raw(vm) }, PageRole(role), gfn)
+        // SAFETY: KVM calls this for an attached VM.
+        let (vm, data) = unsafe { Self::page_args(vm) };
+        T::account(vm, data, PageRole(role), gfn)
     }
 
     /// # Safety
     ///
-    /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback.
+    /// Only to be called by KVM as a `kvm_mmu_page_accountant` callback of `Ops<T>`.
     unsafe extern "C" fn unaccount(
         vm: *const bindings::kvm_mmu_accountant_vm,
         role: bindings::kvm_mmu_page_role,
         gfn: bindings::gfn_t,
     ) {
-        // SAFETY: As in `account()`.
-        T::unaccount(unsafe { Vm::from_raw(vm) }, PageRole(role), gfn)
+        // SAFETY: KVM calls this for an attached VM.
+        let (vm, data) = unsafe { Self::page_args(vm) };
+        T::unaccount(vm, data, PageRole(role), gfn)
     }
 }
 
 /// Keeps the accountant `T` registered with KVM until dropped.
 ///
-/// Leaking a `Registration` is sound: KVM unregisters the accountant itself, with a warning,
-/// before the owning module's code is freed. The callbacks only use the `&Vm` they are lent and
-/// the accountant's statics, which live as long as that code.
+/// Leaking a `Registration` is sound: the accountant's memory is then never freed, and KVM
+/// detaches every VM and unregisters the accountant itself, with a warning, before the owning
+/// module's code is freed.
 ///
 /// # Invariants
 ///
-/// `ops` is registered with KVM, at this address, for as long as the `Registration` exists.
+/// `ops.ops` is registered with KVM, at this address, for as long as the `Registration` exists.
 pub struct Registration<T: Accountant> {
-    ops: &'static bindings::kvm_mmu_page_accountant,
-    _accountant: PhantomData<T>,
+    ops: Pin<KBox<Ops<T>>>,
 }
 
 impl<T: Accountant> Registration<T> {
-    /// Hands the accounting of every VM, existing and future, to `T`.
+    /// Hands the accounting of every VM, existing and future, to `accountant`, once it has
+    /// attached the existing ones.
     ///
     /// Fails with `EBUSY` if another accountant is registered.
-    pub fn new(module: &'static ThisModule) -> Result<Self> {
-        let ops = &OpsTable::<T>::OPS;
-        // SAFETY: `ops` is `'static` and its callbacks are `T`'s, instantiated in the crate that
-        // calls this, which is `module`: safe code can only get a `&ThisModule` of its own. So
-        // KVM unregisters them before their code is freed, should `self` be leaked. A wrong count
-        // from `T` is no memory unsafety: KVM restores its own. Sleeping in atomic context is, as
-        // everywhere in the kernel's Rust, left to `T` and to tools such as klint.
-        to_result(unsafe { bindings::__kvm_mmu_register_page_accountant(ops, module.as_ptr()) })?;
-        // INVARIANT: `ops` has just been registered at this address.
-        Ok(Self {
-            ops,
-            _accountant: PhantomData,
-        })
+    pub fn new(module: &'static ThisModule, accountant: T) -> Result<Self> {
+        let ops = KBox::pin(
+            Ops {
+                ops: Ops::<T>::OPS,
+                accountant,
+            },
+            GFP_KERNEL,
+        )?;
+        // SAFETY: `ops` is pinned and freed only by `drop()`, after it is unregistered, or never.
+        // Its callbacks are `T`'s, instantiated in the crate that calls this, which is `module`:
+        // safe code can only get a `&ThisModule` of its own. So KVM unregisters them before their
+        // code is freed, should `self` be leaked. A wrong count from `T` is no memory unsafety:
+        // KVM restores its own. Sleeping in atomic context is, as everywhere in the kernel's Rust,
+        // left to `T` and to tools such as klint.
+        to_result(unsafe {
+            bindings::__kvm_mmu_register_page_accountant(&ops.ops, module.as_ptr())
+        })?;
+        // INVARIANT: `ops.ops` has just been registered at this address.
+        Ok(Self { ops })
+    }
+
+    /// The accountant.
+    pub fn accountant(&self) -> &T {
+        &self.ops.accountant
     }
 }
 
 impl<T: Accountant> Drop for Registration<T> {
-    /// Hands the accounting back to KVM; no CPU runs `T`'s callbacks once this returns. Sleeps
-    /// for an RCU grace period.
+    /// Detaches every VM and hands the accounting back to KVM; no CPU runs `T`'s callbacks once
+    /// this returns.
     fn drop(&mut self) {
-        // SAFETY: By the type invariant `self.ops` is the registered accountant, at the address
-        // it was registered with.
-        unsafe { bindings::kvm_mmu_unregister_page_accountant(self.ops) };
+        // SAFETY: By the type invariant `self.ops.ops` is the registered accountant, at the
+        // address it was registered with.
+        unsafe { bindings::kvm_mmu_unregister_page_accountant(&self.ops.ops) };
     }
 }
