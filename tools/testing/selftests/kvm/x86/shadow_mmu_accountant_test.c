@@ -6,8 +6,10 @@
  * kvm_shadow_stats.ko takes the mmu_shadow_pages stat over from KVM, or
  * hands it back, and every VM's count goes on exactly as in a reference run;
  * a second accountant is refused with EBUSY and the first one keeps counting;
- * a load that fails an allocation leaves the count exact.  The modules come
- * from the KVM_SHADOW_STATS_MODULE and KVM_MMU_ACCOUNTANT_SAMPLE paths.
+ * a load that fails an allocation leaves the count exact, and a module that
+ * cannot keep a VM's breakdown says so and counts the VM all the same.  The
+ * modules come from the KVM_SHADOW_STATS_MODULE and KVM_MMU_ACCOUNTANT_SAMPLE
+ * paths.
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -31,6 +33,9 @@
 #define MAX_LOAD_ALLOCATIONS	20000
 /* What the module logs when its init fails. */
 #define MODULE_INIT_FAILED	"cannot take over shadow page accounting"
+/* What it logs, after "<pid>-<fd>: ", when it cannot keep a VM's breakdown. */
+#define NO_BREAKDOWN		"no breakdown for this VM"
+#define BREAKDOWN_DEBUGFS	"/sys/kernel/debug/kvm_shadow_stats"
 
 /*
  * The workload around a handover: grow, grow more, zap down to the lowest
@@ -303,15 +308,52 @@ struct fault_sweep {
 	/* The VM's count after a zap, and after the regrow. */
 	u64 expected[2];
 	unsigned int nr_failed;
+	unsigned int nr_init_failed;
 	unsigned int nr_loaded;
+	unsigned int nr_no_breakdown;
+	unsigned int nr_hidden;
 };
+
+enum breakdown_state {
+	BREAKDOWN_SHOWN,
+	/* The module could not allocate it, and said so. */
+	BREAKDOWN_REPORTED_MISSING,
+	/* Kept, but debugfs failed to show it: its callers don't check. */
+	BREAKDOWN_HIDDEN,
+};
+
+/*
+ * With the module loaded, the VM has its breakdown directory, or, if the
+ * module could not allocate the breakdown, the module said so, naming the
+ * VM.  Only the module's own allocations are reported: debugfs's are not,
+ * as kernel code is not meant to check what debugfs_create_*() return.
+ */
+static enum breakdown_state breakdown_state(struct fault_sweep *sweep,
+					    unsigned int nth)
+{
+	char dir[64], needle[96], report[1024];
+	struct kvm_vm *vm = sweep->vcpu->vm;
+	bool reported;
+
+	snprintf(dir, sizeof(dir), BREAKDOWN_DEBUGFS "/%d-%d", getpid(), vm->fd);
+	snprintf(needle, sizeof(needle), MODULE_NAME ": %d-%d: " NO_BREAKDOWN,
+		 getpid(), vm->fd);
+	reported = kmsg_read_for(sweep->kmsg_fd, needle, report, sizeof(report));
+	if (!access(dir, F_OK)) {
+		TEST_ASSERT(!reported,
+			    "Allocation %u failing: %s exists, yet the module said: %s",
+			    nth, dir, report);
+		return BREAKDOWN_SHOWN;
+	}
+	return reported ? BREAKDOWN_REPORTED_MISSING : BREAKDOWN_HIDDEN;
+}
 
 /*
  * Loads the module with the @nth allocation failing: the load must fail with
  * ENOMEM and leave nothing loaded, or succeed, and whoever is in charge
- * afterwards must count exactly.  The failure is always the loader's: the
- * module's init allocates nothing (its accountant is a constant), so it must
- * never fail.  Returns false if the load made fewer than @nth allocations.
+ * afterwards must count exactly.  A module that could not allocate the VM's
+ * breakdown must still count it, and say which VM it is.  Returns false if
+ * the load made fewer than @nth allocations.
  */
 static bool faulted_load(struct fault_sweep *sweep, unsigned int nth)
 {
@@ -334,15 +376,24 @@ static bool faulted_load(struct fault_sweep *sweep, unsigned int nth)
 		TEST_ASSERT(!module_loaded(),
 			    "Allocation %u failing: the load failed, but %s is loaded",
 			    nth, MODULE_NAME);
-		TEST_ASSERT(!kmsg_read_for(sweep->kmsg_fd, MODULE_NAME ": " MODULE_INIT_FAILED,
-					   report, sizeof(report)),
-			    "Allocation %u failing: the module's init failed, yet it allocates nothing: %s",
-			    nth, report);
+		if (kmsg_read_for(sweep->kmsg_fd, MODULE_NAME ": " MODULE_INIT_FAILED,
+				  report, sizeof(report)))
+			sweep->nr_init_failed++;
 		sweep->nr_failed++;
 	} else {
 		TEST_ASSERT(module_loaded(),
 			    "Allocation %u failing: the load succeeded, but %s is not loaded",
 			    nth, MODULE_NAME);
+		switch (breakdown_state(sweep, nth)) {
+		case BREAKDOWN_REPORTED_MISSING:
+			sweep->nr_no_breakdown++;
+			break;
+		case BREAKDOWN_HIDDEN:
+			sweep->nr_hidden++;
+			break;
+		case BREAKDOWN_SHOWN:
+			break;
+		}
 		assert_zap_and_regrow(sweep->vcpu, sweep->expected, nth,
 				      "with the module loaded");
 		toggle_module(sweep->module);
@@ -438,8 +489,17 @@ TEST_F_TIMEOUT(module_load_faults, every_allocation, 3600)
 	TEST_ASSERT(sweep.nr_failed,
 		    "None of %u loads failed: no injected failure reached the load",
 		    nth);
-	ksft_print_msg("%u allocations per load: %u loads failed, %u loaded\n",
-		       nth - 1, sweep.nr_failed, sweep.nr_loaded);
+	TEST_ASSERT(sweep.nr_init_failed,
+		    "None of %u loads failed in the module's init, which allocates",
+		    nth);
+	TEST_ASSERT(sweep.nr_no_breakdown,
+		    "None of %u loads left the VM without a breakdown: no injected failure reached its allocation",
+		    nth);
+	ksft_print_msg("%u allocations per load: %u loads failed (%u in the init), %u loaded\n",
+		       nth - 1, sweep.nr_failed, sweep.nr_init_failed,
+		       sweep.nr_loaded);
+	ksft_print_msg("Loaded without the VM's breakdown: %u said so, %u hidden by debugfs\n",
+		       sweep.nr_no_breakdown, sweep.nr_hidden);
 
 	close(sweep.kmsg_fd);
 	close(sweep.module_fd);
