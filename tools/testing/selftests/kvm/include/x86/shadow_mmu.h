@@ -47,6 +47,7 @@ struct kvm_vm *create_busy_vm(struct kvm_vcpu **vcpu, int nr_regions);
 void touch_regions(struct kvm_vcpu *vcpu, int nr);
 
 u64 shadow_pages(struct kvm_vm *vm);
+void skip_breakdown_on_count_reads(void);
 bool have_kvm_debugfs(void);
 void write_file(const char *path, const char *value);
 void read_file(const char *path, char *buf, size_t size);
@@ -58,6 +59,84 @@ u64 global_shadow_pages(void);
 int sum_vm_debugfs_shadow_pages(u64 *sum);
 u64 checked_shadow_pages(struct kvm_vm *vm);
 int assert_global_is_sum_of_vms(void);
+
+/*
+ * kvm_shadow_stats.ko's breakdown of shadow pages by role, see
+ * Documentation/shadow-page-breakdown.rst: the files exist while the module
+ * is loaded, the VM directories are named like KVM's.
+ */
+#define BREAKDOWN_DEBUGFS	"/sys/kernel/debug/kvm_shadow_stats"
+
+/* The role bits that the breakdown splits shadow pages by. */
+#define SP_MAX_LEVEL		5
+#define SP_DIRECT		BIT(3)
+#define SP_GUEST_MODE		BIT(4)
+#define SP_SMM			BIT(5)
+#define NR_SP_BUCKETS		64
+
+static inline int sp_bucket(int level, bool direct, bool guest_mode, bool smm)
+{
+	return level | (direct ? SP_DIRECT : 0) |
+	       (guest_mode ? SP_GUEST_MODE : 0) | (smm ? SP_SMM : 0);
+}
+
+static inline int sp_bucket_level(int bucket)
+{
+	return bucket & (SP_DIRECT - 1);
+}
+
+/* One line of a pages file; all zeroes if the line is not there. */
+struct sp_bucket {
+	u64 pages;
+	u64 allocated;
+	u64 zapped;
+	u64 bytes;
+};
+
+/* A pages file, the totals file and the peak file, of a VM or of all. */
+struct sp_breakdown {
+	struct sp_bucket bucket[NR_SP_BUCKETS];
+	struct {
+		u64 pages;
+		u64 peak;
+		u64 allocated;
+		u64 zapped;
+		u64 bytes;
+		u64 page_table_bytes;
+	} totals;
+	u64 peak;
+};
+
+/*
+ * How a step is to move each bucket's columns.  A column marked any_* may
+ * move any way; all of them must still add up, see assert_breakdown_step().
+ */
+struct sp_delta {
+	s64 pages[NR_SP_BUCKETS];
+	s64 allocated[NR_SP_BUCKETS];
+	s64 zapped[NR_SP_BUCKETS];
+	bool any_pages;
+	bool any_allocated;
+	bool any_zapped;
+};
+
+bool have_breakdown(void);
+void vm_breakdown_path(struct kvm_vm *vm, const char *file, char *path,
+		       size_t size);
+bool vm_has_breakdown(struct kvm_vm *vm);
+void read_breakdown_dir(const char *dir, struct sp_breakdown *bd);
+bool read_vm_breakdown(struct kvm_vm *vm, struct sp_breakdown *bd);
+int assert_global_breakdown(struct sp_breakdown *global);
+int write_peak(const char *path, const char *value);
+void assert_breakdown_step(const struct sp_breakdown *before,
+			   const struct sp_breakdown *after,
+			   const struct sp_delta *expected, const char *what);
+void assert_breakdown_pages_equal(const struct sp_breakdown *expected,
+				  const struct sp_breakdown *actual,
+				  const char *what);
+void assert_breakdown_empty(const struct sp_breakdown *bd, const char *what);
+int shadow_root_level(struct kvm_vm *vm, bool nested);
+void sp_bucket_name(int bucket, char *name, size_t size);
 
 /* /dev/kmsg, positioned after the records logged so far. */
 int kmsg_open_at_end(void);

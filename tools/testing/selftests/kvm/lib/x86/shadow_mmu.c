@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * Guests whose every touch of a 2MiB region needs a page table of its own,
- * and the readers of the mmu_shadow_pages stat, for the shadow MMU tests.
+ * and the readers of the mmu_shadow_pages stat and of kvm_shadow_stats.ko's
+ * breakdown of it, for the shadow MMU tests.
  */
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "test_util.h"
@@ -168,14 +170,40 @@ void touch_regions(struct kvm_vcpu *vcpu, int nr)
 	}
 }
 
-u64 shadow_pages(struct kvm_vm *vm)
+static u64 __shadow_pages(struct kvm_vm *vm)
 {
 	u64 count = vm_get_stat(vm, mmu_shadow_pages);
 
-	assert_no_accountant_report();
 	TEST_ASSERT(count < SANE_SHADOW_PAGES,
 		    "mmu_shadow_pages is 0x%lx, expected < 0x%llx: it went below zero",
 		    count, SANE_SHADOW_PAGES);
+	return count;
+}
+
+static bool count_reads_skip_breakdown;
+
+/*
+ * For a test whose breakdown directories may lack files by design, e.g. as
+ * it fails the module's debugfs allocations: it checks them itself.
+ */
+void skip_breakdown_on_count_reads(void)
+{
+	count_reads_skip_breakdown = true;
+}
+
+/*
+ * The VM's count; with kvm_shadow_stats.ko loaded, only once its breakdown
+ * and the one of all VMs add up to the counts, see read_vm_breakdown().
+ */
+u64 shadow_pages(struct kvm_vm *vm)
+{
+	struct sp_breakdown bd;
+	u64 count;
+
+	assert_no_accountant_report();
+	count = __shadow_pages(vm);
+	if (!count_reads_skip_breakdown && read_vm_breakdown(vm, &bd))
+		assert_global_breakdown(NULL);
 	return count;
 }
 
@@ -203,6 +231,25 @@ void read_file(const char *path, char *buf, size_t size)
 	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
 	len = read(fd, buf, size - 1);
 	TEST_ASSERT(len > 0, "Failed to read %s", path);
+	buf[len] = '\0';
+	close(fd);
+}
+
+/* All of @path, which must hold less than @size bytes, as a string. */
+static void read_whole_file(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY);
+	size_t len = 0;
+	ssize_t r;
+
+	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
+	do {
+		r = read(fd, buf + len, size - len);
+		TEST_ASSERT(r >= 0, "Failed to read %s", path);
+		len += r;
+	} while (r && len < size);
+	TEST_ASSERT(len < size, "%s holds %zu bytes or more, expected less",
+		    path, size);
 	buf[len] = '\0';
 	close(fd);
 }
@@ -302,4 +349,482 @@ struct kvm_vm *create_busy_vm(struct kvm_vcpu **vcpu, int nr_regions)
 	if (!have_nested_npt())
 		return NULL;
 	return create_touch_vm(vcpu, nr_regions, MAP_4K_NESTED);
+}
+
+/*
+ * kvm_shadow_stats.ko's breakdown, Documentation/shadow-page-breakdown.rst.
+ * The parsers are strict, to the letter of that document: this is the test
+ * of its format as much as of its numbers.
+ */
+#define BREAKDOWN_FILE_SIZE	16384
+
+static const char * const pages_columns[] = {
+	"level", "direct", "guest_mode", "smm", "pages", "allocated", "zapped",
+	"bytes",
+};
+
+bool have_breakdown(void)
+{
+	return !access(BREAKDOWN_DEBUGFS "/pages", F_OK);
+}
+
+void vm_breakdown_path(struct kvm_vm *vm, const char *file, char *path,
+		       size_t size)
+{
+	snprintf(path, size, BREAKDOWN_DEBUGFS "/%d-%d/%s", getpid(), vm->fd,
+		 file);
+}
+
+bool vm_has_breakdown(struct kvm_vm *vm)
+{
+	char dir[PATH_MAX];
+
+	vm_breakdown_path(vm, "", dir, sizeof(dir));
+	return !access(dir, F_OK);
+}
+
+void sp_bucket_name(int bucket, char *name, size_t size)
+{
+	snprintf(name, size, "level %d direct %d guest_mode %d smm %d",
+		 sp_bucket_level(bucket), !!(bucket & SP_DIRECT),
+		 !!(bucket & SP_GUEST_MODE), !!(bucket & SP_SMM));
+}
+
+/* Splits @line at blanks into @words; returns their number, up to @max. */
+static int split_words(char *line, char **words, int max)
+{
+	char *save, *word;
+	int nr = 0;
+
+	for (word = strtok_r(line, " \t", &save); word && nr < max;
+	     word = strtok_r(NULL, " \t", &save))
+		words[nr++] = word;
+	return word ? max + 1 : nr;
+}
+
+static bool parse_decimal(const char *word, u64 *value)
+{
+	char *end;
+
+	if (*word < '0' || *word > '9')
+		return false;
+	errno = 0;
+	*value = strtoull(word, &end, 10);
+	return !errno && !*end;
+}
+
+/* Cuts the next line off @text, which must end with a newline. */
+static char *next_line(char **text, const char *path)
+{
+	char *line = *text, *end = strchr(line, '\n');
+
+	TEST_ASSERT(end, "%s ends in '%s', expected a newline", path, line);
+	*end = '\0';
+	*text = end + 1;
+	return line;
+}
+
+static void parse_pages(const char *path, char *text, struct sp_breakdown *bd)
+{
+	char *line, copy[256], *words[ARRAY_SIZE(pages_columns)];
+	u64 v[ARRAY_SIZE(pages_columns)];
+	int i, nr, nr_lines = 0, bucket, last = -1;
+	bool valid;
+
+	memset(bd->bucket, 0, sizeof(bd->bucket));
+	TEST_ASSERT(*text, "%s is empty, expected at least a header line", path);
+	while (*text) {
+		line = next_line(&text, path);
+		snprintf(copy, sizeof(copy), "%s", line);
+		nr = split_words(line, words, ARRAY_SIZE(words));
+		nr_lines++;
+
+		if (nr_lines == 1) {
+			valid = nr == ARRAY_SIZE(pages_columns);
+			for (i = 0; valid && i < nr; i++)
+				valid = !strcmp(words[i], pages_columns[i]);
+			TEST_ASSERT(valid,
+				    "%s starts with '%s', expected the header 'level direct guest_mode smm pages allocated zapped bytes'",
+				    path, copy);
+			continue;
+		}
+
+		valid = nr == ARRAY_SIZE(pages_columns);
+		for (i = 0; valid && i < nr; i++)
+			valid = parse_decimal(words[i], &v[i]);
+		TEST_ASSERT(valid, "%s line %d is '%s', expected %zu decimal columns",
+			    path, nr_lines, copy, ARRAY_SIZE(pages_columns));
+		TEST_ASSERT(v[0] >= 1 && v[0] <= SP_MAX_LEVEL &&
+			    v[1] <= 1 && v[2] <= 1 && v[3] <= 1,
+			    "%s line %d is '%s', expected a level of 1 to %d and flags of 0 or 1",
+			    path, nr_lines, copy, SP_MAX_LEVEL);
+
+		/* The bucket number sorts as smm, guest_mode, direct, level. */
+		bucket = sp_bucket(v[0], v[1], v[2], v[3]);
+		TEST_ASSERT(bucket > last,
+			    "%s line %d is '%s', expected it before the line above, by smm, guest_mode, direct, then level",
+			    path, nr_lines, copy);
+		last = bucket;
+		TEST_ASSERT(v[4] || v[5] || v[6],
+			    "%s line %d is '%s', expected a bucket with pages or events",
+			    path, nr_lines, copy);
+		bd->bucket[bucket] = (struct sp_bucket) {
+			.pages = v[4], .allocated = v[5], .zapped = v[6],
+			.bytes = v[7],
+		};
+	}
+}
+
+static void parse_totals(const char *path, char *text, struct sp_breakdown *bd)
+{
+	const struct {
+		const char *key;
+		u64 *value;
+	} keys[] = {
+		{ "pages", &bd->totals.pages },
+		{ "peak", &bd->totals.peak },
+		{ "allocated", &bd->totals.allocated },
+		{ "zapped", &bd->totals.zapped },
+		{ "bytes", &bd->totals.bytes },
+		{ "page_table_bytes", &bd->totals.page_table_bytes },
+	};
+	bool seen[ARRAY_SIZE(keys)] = {};
+	char *line, copy[256], *words[2];
+	int i, nr, nr_lines = 0;
+	u64 value = 0;
+
+	while (*text) {
+		line = next_line(&text, path);
+		snprintf(copy, sizeof(copy), "%s", line);
+		nr = split_words(line, words, ARRAY_SIZE(words));
+		nr_lines++;
+		TEST_ASSERT(nr == 2 && parse_decimal(words[1], &value),
+			    "%s line %d is '%s', expected 'key value' with a decimal value",
+			    path, nr_lines, copy);
+		for (i = 0; i < ARRAY_SIZE(keys); i++)
+			if (!strcmp(words[0], keys[i].key))
+				break;
+		TEST_ASSERT(i < ARRAY_SIZE(keys),
+			    "%s line %d is '%s', expected one of pages, peak, allocated, zapped, bytes and page_table_bytes",
+			    path, nr_lines, copy);
+		TEST_ASSERT(!seen[i], "%s line %d is '%s', a second '%s'",
+			    path, nr_lines, copy, keys[i].key);
+		seen[i] = true;
+		*keys[i].value = value;
+	}
+	for (i = 0; i < ARRAY_SIZE(keys); i++)
+		TEST_ASSERT(seen[i], "%s has no '%s' line", path, keys[i].key);
+}
+
+/*
+ * Every shadow page has a 4KiB page table; one that shadows a guest page
+ * table of level 1 to 3 also has a 4KiB array of the gfns it maps.
+ */
+static u64 sp_bytes(int bucket, u64 pages)
+{
+	bool shadowed_translation = !(bucket & SP_DIRECT) &&
+				    sp_bucket_level(bucket) <= 3;
+
+	return pages * (shadowed_translation ? 2 : 1) * PAGE_SIZE;
+}
+
+/*
+ * What holds for any breakdown, of one VM or of all: the columns add up to
+ * the totals, the bytes to the pages, the peak is the peak file and at least
+ * the pages, and the pages are those found at attach time (never fewer than
+ * none) plus those allocated minus those zapped.  With nothing zapped, the
+ * count never went down since the VM was attached or the peak reset, so the
+ * peak is the pages held.
+ */
+static void check_breakdown(const char *dir, const struct sp_breakdown *bd)
+{
+	u64 pages = 0, allocated = 0, zapped = 0, bytes = 0, found;
+	u64 page_table_bytes;
+	const struct sp_bucket *sb;
+	char name[64];
+	int b;
+
+	for (b = 0; b < NR_SP_BUCKETS; b++) {
+		sb = &bd->bucket[b];
+		sp_bucket_name(b, name, sizeof(name));
+		TEST_ASSERT(sb->bytes == sp_bytes(b, sb->pages),
+			    "%s/pages, %s: %lu bytes, expected %lu for %lu pages",
+			    dir, name, sb->bytes, sp_bytes(b, sb->pages), sb->pages);
+		found = sb->pages + sb->zapped - sb->allocated;
+		TEST_ASSERT(found < SANE_SHADOW_PAGES,
+			    "%s/pages, %s: %lu pages with %lu allocated and %lu zapped, expected at least %lu",
+			    dir, name, sb->pages, sb->allocated, sb->zapped,
+			    sb->allocated - sb->zapped);
+		pages += sb->pages;
+		allocated += sb->allocated;
+		zapped += sb->zapped;
+		bytes += sb->bytes;
+	}
+
+	TEST_ASSERT(bd->totals.pages == pages && bd->totals.allocated == allocated &&
+		    bd->totals.zapped == zapped && bd->totals.bytes == bytes,
+		    "%s/totals: pages %lu, allocated %lu, zapped %lu, bytes %lu, expected %lu, %lu, %lu, %lu, the sums of %s/pages",
+		    dir, bd->totals.pages, bd->totals.allocated, bd->totals.zapped,
+		    bd->totals.bytes, pages, allocated, zapped, bytes, dir);
+	page_table_bytes = pages * PAGE_SIZE;
+	TEST_ASSERT(bd->totals.page_table_bytes == page_table_bytes,
+		    "%s/totals: page_table_bytes %lu, expected %lu for %lu pages",
+		    dir, bd->totals.page_table_bytes, page_table_bytes, pages);
+	TEST_ASSERT(bd->totals.peak == bd->peak,
+		    "%s/totals: peak %lu, expected %lu as in %s/peak",
+		    dir, bd->totals.peak, bd->peak, dir);
+	TEST_ASSERT(bd->peak >= pages, "%s/peak is %lu, expected at least %lu pages",
+		    dir, bd->peak, pages);
+	TEST_ASSERT(zapped || bd->peak == pages,
+		    "%s/peak is %lu, expected %lu, the pages held, with none ever zapped",
+		    dir, bd->peak, pages);
+}
+
+/* Reads and checks the breakdown of @dir, a VM's or the top directory. */
+void read_breakdown_dir(const char *dir, struct sp_breakdown *bd)
+{
+	char path[PATH_MAX], *text = malloc(BREAKDOWN_FILE_SIZE);
+
+	TEST_ASSERT(text, "Failed to allocate %d bytes", BREAKDOWN_FILE_SIZE);
+	snprintf(path, sizeof(path), "%s/pages", dir);
+	read_whole_file(path, text, BREAKDOWN_FILE_SIZE);
+	parse_pages(path, text, bd);
+	snprintf(path, sizeof(path), "%s/totals", dir);
+	read_whole_file(path, text, BREAKDOWN_FILE_SIZE);
+	parse_totals(path, text, bd);
+	snprintf(path, sizeof(path), "%s/peak", dir);
+	bd->peak = read_debugfs_count(path);
+	free(text);
+
+	check_breakdown(dir, bd);
+}
+
+/*
+ * Reads @vm's breakdown, once it holds as many pages as the VM's count in
+ * the stats fd and in KVM's debugfs.  Read while no vCPU runs, so that
+ * nothing changes in between.  False if the VM has no breakdown.
+ */
+bool read_vm_breakdown(struct kvm_vm *vm, struct sp_breakdown *bd)
+{
+	char dir[PATH_MAX];
+	u64 count, vm_debugfs;
+
+	if (!vm_has_breakdown(vm))
+		return false;
+
+	vm_breakdown_path(vm, "", dir, sizeof(dir));
+	dir[strlen(dir) - 1] = '\0';
+	read_breakdown_dir(dir, bd);
+	count = __shadow_pages(vm);
+	vm_debugfs = vm_debugfs_shadow_pages(vm);
+	TEST_ASSERT(bd->totals.pages == count && count == vm_debugfs,
+		    "%s/pages holds %lu pages, expected %lu, the VM's mmu_shadow_pages (debugfs: %lu)",
+		    dir, bd->totals.pages, count, vm_debugfs);
+	return true;
+}
+
+static void add_breakdown(struct sp_breakdown *sum, const struct sp_breakdown *bd)
+{
+	int b;
+
+	for (b = 0; b < NR_SP_BUCKETS; b++) {
+		sum->bucket[b].pages += bd->bucket[b].pages;
+		sum->bucket[b].allocated += bd->bucket[b].allocated;
+		sum->bucket[b].zapped += bd->bucket[b].zapped;
+		sum->bucket[b].bytes += bd->bucket[b].bytes;
+	}
+	sum->peak += bd->peak;
+}
+
+/*
+ * Each VM directory must hold as many pages as KVM's count of that VM, and,
+ * unless some VM has no directory, the top directory must sum up the VM
+ * directories, column by column and peak by peak, and hold KVM's global
+ * count.  Returns how many of KVM's VMs have no directory, -1 if the module
+ * is not loaded, and the top directory's breakdown in @global if not NULL.
+ */
+int assert_global_breakdown(struct sp_breakdown *global)
+{
+	struct sp_breakdown sum = {}, top, bd;
+	char path[PATH_MAX], name[64], tail;
+	int nr_vms = 0, nr_kvm_vms, pid, fd, b;
+	u64 count, kvm_sum;
+	struct dirent *dent;
+	DIR *dir;
+
+	dir = opendir(BREAKDOWN_DEBUGFS);
+	if (!dir && errno == ENOENT)
+		return -1;
+	TEST_ASSERT(dir, "Failed to open " BREAKDOWN_DEBUGFS);
+	while ((dent = readdir(dir))) {
+		if (sscanf(dent->d_name, "%d-%d%c", &pid, &fd, &tail) != 2)
+			continue;
+		snprintf(path, sizeof(path), BREAKDOWN_DEBUGFS "/%s", dent->d_name);
+		read_breakdown_dir(path, &bd);
+		snprintf(path, sizeof(path), KVM_DEBUGFS "/%s/mmu_shadow_pages",
+			 dent->d_name);
+		count = read_debugfs_count(path);
+		TEST_ASSERT(bd.totals.pages == count,
+			    "%s/%s/pages holds %lu pages, expected %lu, KVM's mmu_shadow_pages of the VM",
+			    BREAKDOWN_DEBUGFS, dent->d_name, bd.totals.pages, count);
+		add_breakdown(&sum, &bd);
+		nr_vms++;
+	}
+	closedir(dir);
+
+	read_breakdown_dir(BREAKDOWN_DEBUGFS, &top);
+	if (global)
+		*global = top;
+
+	/* The top sums VMs that debugfs failed to give a directory, too. */
+	nr_kvm_vms = sum_vm_debugfs_shadow_pages(&kvm_sum);
+	TEST_ASSERT(nr_vms <= nr_kvm_vms,
+		    "%d VMs have a breakdown, expected at most the %d VMs in " KVM_DEBUGFS,
+		    nr_vms, nr_kvm_vms);
+	if (nr_vms < nr_kvm_vms)
+		return nr_kvm_vms - nr_vms;
+
+	for (b = 0; b < NR_SP_BUCKETS; b++) {
+		sp_bucket_name(b, name, sizeof(name));
+		TEST_ASSERT(!memcmp(&top.bucket[b], &sum.bucket[b], sizeof(sum.bucket[b])),
+			    "%s/pages, %s: pages %lu, allocated %lu, zapped %lu, expected %lu, %lu, %lu, the sums over %d VMs",
+			    BREAKDOWN_DEBUGFS, name, top.bucket[b].pages, top.bucket[b].allocated,
+			    top.bucket[b].zapped, sum.bucket[b].pages,
+			    sum.bucket[b].allocated, sum.bucket[b].zapped, nr_vms);
+	}
+	TEST_ASSERT(top.peak == sum.peak,
+		    BREAKDOWN_DEBUGFS "/peak is %lu, expected %lu, the sum over %d VMs",
+		    top.peak, sum.peak, nr_vms);
+
+	count = global_shadow_pages();
+	TEST_ASSERT(top.totals.pages == count,
+		    "%s/pages holds %lu pages, expected %lu, KVM's global mmu_shadow_pages",
+		    BREAKDOWN_DEBUGFS, top.totals.pages, count);
+	return 0;
+}
+
+/* Writes @value to the peak file @path: 0 or the write's errno. */
+int write_peak(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY), err = 0;
+	ssize_t len = strlen(value), r;
+
+	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
+	r = write(fd, value, len);
+	if (r < 0)
+		err = errno;
+	else
+		TEST_ASSERT(r == len, "Wrote %ld bytes of '%s' to %s, expected %ld",
+			    r, value, path, len);
+	close(fd);
+	return err;
+}
+
+/*
+ * From @before to @after, each bucket's pages must have moved by what was
+ * allocated less what was zapped (neither of which ever goes down), and by
+ * @expected's deltas.  The peak must follow: with nothing allocated it
+ * stays, with nothing zapped the count only grew, so the peak is the old
+ * one or the count now.  No peak reset may come in between.
+ */
+void assert_breakdown_step(const struct sp_breakdown *before,
+			   const struct sp_breakdown *after,
+			   const struct sp_delta *expected, const char *what)
+{
+	s64 pages, allocated, zapped;
+	u64 peak;
+	char name[64];
+	int b;
+
+	for (b = 0; b < NR_SP_BUCKETS; b++) {
+		sp_bucket_name(b, name, sizeof(name));
+		pages = after->bucket[b].pages - before->bucket[b].pages;
+		allocated = after->bucket[b].allocated - before->bucket[b].allocated;
+		zapped = after->bucket[b].zapped - before->bucket[b].zapped;
+		TEST_ASSERT(allocated >= 0 && zapped >= 0,
+			    "%s, %s: allocated went from %lu to %lu, zapped from %lu to %lu, expected neither to go down",
+			    what, name, before->bucket[b].allocated,
+			    after->bucket[b].allocated, before->bucket[b].zapped,
+			    after->bucket[b].zapped);
+		TEST_ASSERT(pages == allocated - zapped,
+			    "%s, %s: pages went from %lu to %lu, expected %+ld, %ld allocated less %ld zapped",
+			    what, name, before->bucket[b].pages, after->bucket[b].pages,
+			    allocated - zapped, allocated, zapped);
+		TEST_ASSERT(expected->any_pages || pages == expected->pages[b],
+			    "%s, %s: pages went from %lu to %lu, expected %+ld",
+			    what, name, before->bucket[b].pages, after->bucket[b].pages,
+			    expected->pages[b]);
+		TEST_ASSERT(expected->any_allocated || allocated == expected->allocated[b],
+			    "%s, %s: %ld pages allocated, expected %ld",
+			    what, name, allocated, expected->allocated[b]);
+		TEST_ASSERT(expected->any_zapped || zapped == expected->zapped[b],
+			    "%s, %s: %ld pages zapped, expected %ld",
+			    what, name, zapped, expected->zapped[b]);
+	}
+
+	if (after->totals.allocated == before->totals.allocated)
+		TEST_ASSERT(after->peak == before->peak,
+			    "%s: peak went from %lu to %lu, expected no change as no page was allocated",
+			    what, before->peak, after->peak);
+	if (after->totals.zapped == before->totals.zapped) {
+		peak = max(before->peak, after->totals.pages);
+		TEST_ASSERT(after->peak == peak,
+			    "%s: peak went from %lu to %lu with %lu pages, expected %lu as no page was zapped",
+			    what, before->peak, after->peak, after->totals.pages, peak);
+	}
+}
+
+/* The pages column of @actual must be @expected's, bucket for bucket. */
+void assert_breakdown_pages_equal(const struct sp_breakdown *expected,
+				  const struct sp_breakdown *actual,
+				  const char *what)
+{
+	char name[64];
+	int b;
+
+	for (b = 0; b < NR_SP_BUCKETS; b++) {
+		sp_bucket_name(b, name, sizeof(name));
+		TEST_ASSERT(actual->bucket[b].pages == expected->bucket[b].pages,
+			    "%s, %s: %lu pages, expected %lu",
+			    what, name, actual->bucket[b].pages,
+			    expected->bucket[b].pages);
+	}
+}
+
+/* A VM whose shadow MMU never had a page: not a line below the header. */
+void assert_breakdown_empty(const struct sp_breakdown *bd, const char *what)
+{
+	TEST_ASSERT(!bd->totals.pages && !bd->totals.allocated && !bd->totals.zapped,
+		    "%s: %lu pages, %lu allocated, %lu zapped, expected none",
+		    what, bd->totals.pages, bd->totals.allocated, bd->totals.zapped);
+}
+
+/* Whether this kernel gives user space 5-level page tables. */
+static bool host_has_5level_paging(void)
+{
+	void *hint = (void *)BIT_ULL(48), *addr;
+	bool la57;
+
+	/* 4-level kernels ignore a hint beyond their 47-bit user space. */
+	addr = mmap(hint, PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+		    -1, 0);
+	TEST_ASSERT(addr != MAP_FAILED, "Failed to mmap() a page");
+	la57 = (unsigned long)addr >= BIT_ULL(47);
+	munmap(addr, PAGE_SIZE);
+	return la57;
+}
+
+/*
+ * The level of a vCPU's root shadow page: under shadow paging, the top
+ * level of the guest's page tables; under nested NPT, the top level of the
+ * host's NPT, which shadows L1's NPT tables at the same level or, for a
+ * 4-level L1 NPT on a 5-level host, through a passthrough root above them.
+ */
+int shadow_root_level(struct kvm_vm *vm, bool nested)
+{
+	int host_levels = host_has_5level_paging() ? 5 : 4;
+
+	if (!nested)
+		return vm->mmu.pgtable_levels;
+	return max(host_levels, vm->stage2_mmu.pgtable_levels);
 }
