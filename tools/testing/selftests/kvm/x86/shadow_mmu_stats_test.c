@@ -18,6 +18,14 @@
  * every update an accountant makes and logs a mismatch, which the test
  * runner treats as a failure.  shadow_mmu_accountant_test covers loading
  * and unloading accountants.
+ *
+ * With the module loaded, every count read also checks its breakdown by
+ * role in debugfs against the count, and the scenarios pin each bucket:
+ * a region's page lands at level 1, direct or not as the region's mapping
+ * says, in guest mode under nested NPT; a zap takes pages from the buckets
+ * they were in and counts them as zapped; a root zapped while in use stays
+ * in its bucket until it is freed.  Without the module the breakdown
+ * checks are skipped, with a message.
  */
 #include <errno.h>
 #include <limits.h>
@@ -30,22 +38,64 @@
 #include "kselftest_harness.h"
 
 /*
+ * The VM's breakdown, which it must have if kvm_shadow_stats.ko is loaded.
+ * False without the module, having said once per test that the breakdown
+ * goes unchecked.
+ */
+static bool vm_breakdown(struct kvm_vm *vm, struct sp_breakdown *bd)
+{
+	static bool said;
+
+	if (!have_breakdown()) {
+		if (!said)
+			ksft_print_msg("No %s: kvm_shadow_stats.ko is not loaded, %s\n",
+				       BREAKDOWN_DEBUGFS, "breakdown checks skipped");
+		said = true;
+		return false;
+	}
+	TEST_ASSERT(read_vm_breakdown(vm, bd),
+		    "kvm_shadow_stats.ko is loaded, but VM %d-%d has no breakdown",
+		    getpid(), vm->fd);
+	TEST_ASSERT_EQ(assert_global_breakdown(NULL), 0);
+	return true;
+}
+
+/* Only @bucket grows, by @nr pages, all of them newly allocated. */
+static void expect_growth(struct sp_delta *delta, int bucket, s64 nr)
+{
+	*delta = (struct sp_delta) {};
+	delta->pages[bucket] = nr;
+	delta->allocated[bucket] = nr;
+}
+
+/*
  * Touch one region, then @nr: each region beyond the first must add exactly
- * one shadow page, and nothing may have been recycled under the page limit.
+ * one shadow page, in @bucket, and nothing may have been recycled under the
+ * page limit.
  */
 static void assert_one_page_per_region(struct kvm_vcpu *vcpu, int nr,
-				       const char *what)
+				       int bucket, const char *what)
 {
+	struct sp_breakdown before, after;
+	struct sp_delta delta;
+	bool breakdown;
 	u64 first, all;
 
 	touch_regions(vcpu, 1);
 	first = shadow_pages(vcpu->vm);
+	breakdown = vm_breakdown(vcpu->vm, &before);
 	touch_regions(vcpu, nr);
 	all = shadow_pages(vcpu->vm);
 	TEST_ASSERT_EQ(vm_get_stat(vcpu->vm, mmu_recycled), 0);
 	TEST_ASSERT(all - first == nr - 1,
 		    "mmu_shadow_pages went from %lu for 1 region to %lu for %d, expected %d more (%s)",
 		    first, all, nr, nr - 1, what);
+
+	if (!breakdown)
+		return;
+	vm_breakdown(vcpu->vm, &after);
+	expect_growth(&delta, bucket, nr - 1);
+	assert_breakdown_step(&before, &after, &delta, what);
 }
 
 /*
@@ -55,6 +105,7 @@ static void assert_one_page_per_region(struct kvm_vcpu *vcpu, int nr,
 TEST(indirect_shadow_pages)
 {
 	bool nested = kvm_is_tdp_enabled();
+	struct sp_breakdown bd;
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	u64 count, global;
@@ -66,7 +117,9 @@ TEST(indirect_shadow_pages)
 
 	vm = create_touch_vm(&vcpu, NR_REGIONS, nested ? MAP_4K_NESTED : MAP_4K);
 	TEST_ASSERT_EQ(shadow_pages(vm), 0);
-	assert_one_page_per_region(vcpu, NR_REGIONS,
+	if (vm_breakdown(vm, &bd))
+		assert_breakdown_empty(&bd, "A VM that never ran");
+	assert_one_page_per_region(vcpu, NR_REGIONS, sp_bucket(1, false, nested, false),
 				   nested ? "one L2 page per L1 NPT page table" :
 					    "one page per guest page table");
 
@@ -83,6 +136,7 @@ TEST(indirect_shadow_pages)
 
 TEST(tdp_mmu)
 {
+	struct sp_breakdown bd;
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	u64 count;
@@ -101,6 +155,9 @@ TEST(tdp_mmu)
 			    "mmu_shadow_pages is %lu after pass %d, expected 0",
 			    count, pass);
 	}
+	/* Not a single TDP MMU page may have reached the accountant. */
+	if (vm_breakdown(vm, &bd))
+		assert_breakdown_empty(&bd, "A VM on the TDP MMU");
 	kvm_vm_free(vm);
 }
 
@@ -120,10 +177,28 @@ TEST(direct_shadow_pages)
 		SKIP(return, "TDP is on and nested NPT is unavailable: no direct shadow pages");
 
 	vm = create_touch_vm(&vcpu, NR_REGIONS, nested ? MAP_1G_NESTED : MAP_2M);
-	assert_one_page_per_region(vcpu, NR_REGIONS,
+	assert_one_page_per_region(vcpu, NR_REGIONS, sp_bucket(1, true, nested, false),
 				   nested ? "one direct L2 page per region of L1's 1GiB NPT page" :
 					    "one direct page per 2MiB guest page");
 	kvm_vm_free(vm);
+}
+
+/*
+ * The pages of a zap come out of the buckets they were in, as zapped, and
+ * nothing is allocated; a root in use stays where it is.
+ */
+static void assert_zap_step(const struct sp_breakdown *before,
+			    const struct sp_breakdown *after, int root,
+			    const char *what)
+{
+	struct sp_delta delta = { .any_pages = true, .any_zapped = true };
+
+	assert_breakdown_step(before, after, &delta, what);
+	TEST_ASSERT(after->bucket[root].pages == 1 &&
+		    after->bucket[root].zapped == before->bucket[root].zapped,
+		    "%s: the root's bucket holds %lu pages, %lu zapped, expected 1 and %lu as before, the root in use",
+		    what, after->bucket[root].pages, after->bucket[root].zapped,
+		    before->bucket[root].zapped);
 }
 
 /*
@@ -131,29 +206,45 @@ TEST(direct_shadow_pages)
  * every page, but roots in use only leave the active list, to be freed
  * (and unaccounted) once the vCPU has moved to new roots.  After either,
  * running the same pass again must give back exactly the count that the
- * pass gave before.
+ * pass gave before, and the same pages in every bucket of the breakdown.
+ * The vCPU's one root is zapped while in use by the memslot deletion: it
+ * stays counted, in its bucket, until the vCPU runs again and frees it.
  */
 TEST(limit_and_memslot_zap)
 {
+	bool nested = kvm_is_tdp_enabled(), breakdown;
+	struct sp_breakdown full_bd, before, bd;
+	struct sp_delta delta;
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	u64 full, limit, count;
+	int root, b;
 
 	vm = create_busy_vm(&vcpu, MANY_REGIONS);
 	if (!vm)
 		SKIP(return, BUSY_VM_SKIP_REASON);
+	root = sp_bucket(shadow_root_level(vm, nested), false, nested, false);
 	touch_regions(vcpu, MANY_REGIONS);
 	full = shadow_pages(vm);
 	limit = full / 2;
 	TEST_ASSERT(limit >= KVM_MIN_MMU_PAGES,
 		    "mmu_shadow_pages is %lu, expected at least %u to halve",
 		    full, 2 * KVM_MIN_MMU_PAGES);
+	breakdown = vm_breakdown(vm, &full_bd);
+	if (breakdown)
+		TEST_ASSERT(full_bd.bucket[root].pages == 1,
+			    "%lu pages in the root's bucket, expected 1, the vCPU's root",
+			    full_bd.bucket[root].pages);
 
 	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)limit);
 	count = shadow_pages(vm);
 	TEST_ASSERT(count <= limit,
 		    "mmu_shadow_pages is %lu after lowering the limit from %lu, expected at most %lu",
 		    count, full, limit);
+	if (breakdown) {
+		vm_breakdown(vm, &bd);
+		assert_zap_step(&full_bd, &bd, root, "Lowering the page limit");
+	}
 
 	/*
 	 * Faults recycle pages to stay under the limit, but only ensure one
@@ -176,28 +267,75 @@ TEST(limit_and_memslot_zap)
 	TEST_ASSERT(count == full,
 		    "mmu_shadow_pages is %lu after the limit was lifted and the pass rerun, expected %lu as before",
 		    count, full);
+	if (breakdown) {
+		vm_breakdown(vm, &before);
+		assert_breakdown_pages_equal(&full_bd, &before,
+					     "The pass rerun with the limit lifted");
+		/* The count never went above the first pass's since. */
+		TEST_ASSERT(before.peak == full,
+			    "Peak is %lu after the rerun, expected %lu, the first pass's count",
+			    before.peak, full);
+	}
 
-	/* At least the page per region goes; in-use roots stay counted. */
+	/* Every page goes but the root, zapped while in use, still counted. */
 	vm_mem_region_delete(vm, TEST_SLOT);
 	count = shadow_pages(vm);
-	TEST_ASSERT(count + MANY_REGIONS <= full,
-		    "mmu_shadow_pages is %lu after deleting a memslot, expected at most %lu - %u",
-		    count, full, MANY_REGIONS);
+	TEST_ASSERT(count == 1,
+		    "mmu_shadow_pages is %lu after deleting a memslot, expected 1, the vCPU's root",
+		    count);
+	if (breakdown) {
+		vm_breakdown(vm, &bd);
+		delta = (struct sp_delta) {};
+		for (b = 0; b < NR_SP_BUCKETS; b++) {
+			if (b == root)
+				continue;
+			delta.pages[b] = -before.bucket[b].pages;
+			delta.zapped[b] = before.bucket[b].pages;
+		}
+		assert_zap_step(&before, &bd, root, "Deleting the memslot");
+		assert_breakdown_step(&before, &bd, &delta, "Deleting the memslot");
+		before = bd;
+	}
 
-	/* The zapped roots are freed as the vCPU loads new ones. */
+	/* The zapped root is freed as the vCPU loads a new one, and no sooner. */
 	vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, TEST_GPA, TEST_SLOT,
 				    MANY_REGIONS * REGION_SIZE / PAGE_SIZE, 0);
+	TEST_ASSERT_EQ(shadow_pages(vm), 1);
+	if (breakdown) {
+		vm_breakdown(vm, &bd);
+		delta = (struct sp_delta) {};
+		assert_breakdown_step(&before, &bd, &delta, "Adding the memslot back");
+	}
+
 	touch_regions(vcpu, MANY_REGIONS);
 	count = shadow_pages(vm);
 	TEST_ASSERT(count == full,
 		    "mmu_shadow_pages is %lu after the memslot came back and the pass was rerun, expected %lu as before",
 		    count, full);
+	if (breakdown) {
+		vm_breakdown(vm, &bd);
+		delta = (struct sp_delta) {};
+		for (b = 0; b < NR_SP_BUCKETS; b++) {
+			delta.pages[b] = full_bd.bucket[b].pages;
+			delta.allocated[b] = full_bd.bucket[b].pages;
+		}
+		/* The old root out, a new one in. */
+		delta.pages[root] = 0;
+		delta.allocated[root] = 1;
+		delta.zapped[root] = 1;
+		assert_breakdown_step(&before, &bd, &delta,
+				      "The pass rerun with the memslot back");
+		TEST_ASSERT(bd.peak == full,
+			    "Peak is %lu after the rerun, expected %lu, the first pass's count",
+			    bd.peak, full);
+	}
 
 	kvm_vm_free(vm);
 }
 
 TEST(two_vms)
 {
+	struct sp_breakdown bd, global;
 	struct kvm_vcpu *busy_vcpu, *idle_vcpu;
 	struct kvm_vm *busy, *idle;
 	u64 count;
@@ -219,21 +357,34 @@ TEST(two_vms)
 		    count);
 	assert_global_is_sum_of_vms();
 
+	/* Each VM has its own breakdown; the global one is their sum. */
+	if (vm_breakdown(idle, &bd)) {
+		assert_breakdown_empty(&bd, "The idle VM");
+		vm_breakdown(busy, &bd);
+		assert_global_breakdown(&global);
+		assert_breakdown_pages_equal(&bd, &global,
+					     "The global breakdown beside an idle VM");
+	}
+
 	kvm_vm_free(idle);
 	kvm_vm_free(busy);
 }
 
 TEST(teardown)
 {
-	char dir[PATH_MAX];
+	struct sp_breakdown bd, global_before, global_bd;
+	char dir[PATH_MAX], breakdown_dir[PATH_MAX];
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	u64 before, global, count;
+	bool breakdown;
 
 	if (!have_kvm_debugfs())
 		SKIP(return, KVM_DEBUGFS " is missing");
 
 	before = global_shadow_pages();
+	if (have_breakdown())
+		assert_global_breakdown(&global_before);
 	vm = create_busy_vm(&vcpu, NR_REGIONS);
 	if (!vm)
 		SKIP(return, BUSY_VM_SKIP_REASON);
@@ -247,6 +398,8 @@ TEST(teardown)
 
 	vm_debugfs_path(vm, "", dir, sizeof(dir));
 	TEST_ASSERT(!access(dir, F_OK), "%s is missing", dir);
+	breakdown = vm_breakdown(vm, &bd);
+	vm_breakdown_path(vm, "", breakdown_dir, sizeof(breakdown_dir));
 
 	kvm_vm_free(vm);
 
@@ -256,6 +409,122 @@ TEST(teardown)
 	TEST_ASSERT(global == before,
 		    "Global mmu_shadow_pages is %lu after the VM's end, expected %lu",
 		    global, before);
+
+	/* The VM's pages, events and peak leave the global breakdown too. */
+	if (breakdown) {
+		TEST_ASSERT(access(breakdown_dir, F_OK) && errno == ENOENT,
+			    "%s outlived its VM", breakdown_dir);
+		TEST_ASSERT_EQ(assert_global_breakdown(&global_bd), 0);
+		TEST_ASSERT(!memcmp(global_bd.bucket, global_before.bucket,
+				    sizeof(global_bd.bucket)) &&
+			    global_bd.peak == global_before.peak,
+			    "The global breakdown holds %lu pages, %lu allocated, %lu zapped, peak %lu after the VM's end, expected %lu, %lu, %lu, %lu as before it",
+			    global_bd.totals.pages, global_bd.totals.allocated,
+			    global_bd.totals.zapped, global_bd.peak,
+			    global_before.totals.pages, global_before.totals.allocated,
+			    global_before.totals.zapped, global_before.peak);
+	}
+}
+
+/* Writes @value to the peak file @path, which must refuse it, unchanged. */
+static void assert_peak_write_refused(const char *path, const char *value,
+				      u64 peak)
+{
+	int err = write_peak(path, value);
+	u64 now = read_debugfs_count(path);
+
+	TEST_ASSERT(err == EINVAL, "Writing '%s' to %s: %s, expected EINVAL",
+		    value, path, err ? strerror(err) : "accepted");
+	TEST_ASSERT(now == peak, "%s is %lu after writing '%s', expected %lu as before",
+		    path, now, value, peak);
+}
+
+static void assert_peak_write_refusals(const char *path, u64 peak)
+{
+	static const char * const refused[] = { "1", "abc", "-1", "0x1" };
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(refused); i++)
+		assert_peak_write_refused(path, refused[i], peak);
+}
+
+/*
+ * The peak is the highest count since the VM was attached or the peak
+ * reset: a zap leaves it, only "0" resets it, to the count of the moment,
+ * and growth lifts it again.  The global peak is the sum of the VMs', and
+ * resetting it resets every VM's.
+ */
+TEST(breakdown_peak)
+{
+	struct sp_delta zap = { .any_pages = true, .any_zapped = true };
+	struct sp_delta growth = { .any_pages = true, .any_allocated = true };
+	struct sp_breakdown bd, before, global;
+	char peak_path[PATH_MAX];
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	u64 full, count;
+	int err;
+
+	if (!have_breakdown())
+		SKIP(return, "No " BREAKDOWN_DEBUGFS ": kvm_shadow_stats.ko is not loaded");
+	vm = create_busy_vm(&vcpu, MANY_REGIONS);
+	if (!vm)
+		SKIP(return, BUSY_VM_SKIP_REASON);
+	vm_breakdown_path(vm, "peak", peak_path, sizeof(peak_path));
+
+	touch_regions(vcpu, MANY_REGIONS);
+	full = shadow_pages(vm);
+	vm_breakdown(vm, &before);
+	TEST_ASSERT(before.peak == full, "Peak is %lu, expected %lu, the count",
+		    before.peak, full);
+
+	/* Zapping leaves the peak. */
+	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)KVM_MIN_MMU_PAGES);
+	count = shadow_pages(vm);
+	TEST_ASSERT(count < full, "mmu_shadow_pages is %lu under the lowest limit, expected < %lu",
+		    count, full);
+	vm_breakdown(vm, &bd);
+	assert_breakdown_step(&before, &bd, &zap, "Lowering the page limit");
+
+	assert_peak_write_refusals(peak_path, full);
+	err = write_peak(peak_path, "0");
+	TEST_ASSERT(!err, "Writing '0' to %s failed: %s", peak_path, strerror(err));
+	vm_breakdown(vm, &bd);
+	TEST_ASSERT(bd.peak == count,
+		    "Peak is %lu after a reset, expected %lu, the count", bd.peak, count);
+
+	/* Growth lifts it again, to the count, nothing being zapped. */
+	before = bd;
+	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)AMPLE_MMU_PAGES);
+	touch_regions(vcpu, MANY_REGIONS);
+	TEST_ASSERT_EQ(shadow_pages(vm), full);
+	vm_breakdown(vm, &bd);
+	assert_breakdown_step(&before, &bd, &growth, "Growing after a peak reset");
+	TEST_ASSERT(bd.peak == full, "Peak is %lu after growing back, expected %lu",
+		    bd.peak, full);
+
+	/* The global peak sums the VMs' and resets them all. */
+	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)KVM_MIN_MMU_PAGES);
+	count = shadow_pages(vm);
+	assert_global_breakdown(&global);
+	assert_peak_write_refusals(BREAKDOWN_DEBUGFS "/peak", global.peak);
+	vm_breakdown(vm, &bd);
+	TEST_ASSERT(bd.peak == full,
+		    "Peak is %lu after refused writes to the global peak, expected %lu",
+		    bd.peak, full);
+	err = write_peak(BREAKDOWN_DEBUGFS "/peak", "0");
+	TEST_ASSERT(!err, "Writing '0' to " BREAKDOWN_DEBUGFS "/peak failed: %s",
+		    strerror(err));
+	vm_breakdown(vm, &bd);
+	TEST_ASSERT(bd.peak == count,
+		    "Peak is %lu after a global reset, expected %lu, the count",
+		    bd.peak, count);
+	assert_global_breakdown(&global);
+	TEST_ASSERT(global.peak == global.totals.pages,
+		    "Global peak is %lu after a global reset, expected %lu, the count",
+		    global.peak, global.totals.pages);
+
+	kvm_vm_free(vm);
 }
 
 TEST(stats_descriptor)
