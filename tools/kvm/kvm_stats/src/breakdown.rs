@@ -127,20 +127,17 @@ impl PartialOrd for Role {
     }
 }
 
-/// `level 2 indirect L1`, `level 1 direct L2 SMM`: what the four columns say, in words.
+/// `level 2 indirect L1 non-SMM`, `level 1 direct L2 SMM`: what the four columns say, in words.
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "level {} {} {}",
+            "level {} {} {} {}",
             self.level,
             if self.direct { "direct" } else { "indirect" },
             if self.guest_mode { "L2" } else { "L1" },
-        )?;
-        if self.smm {
-            f.write_str(" SMM")?;
-        }
-        Ok(())
+            if self.smm { "SMM" } else { "non-SMM" },
+        )
     }
 }
 
@@ -992,7 +989,7 @@ page_table_bytes 2760704
         .expect_err("a bucket twice is refused");
         assert_eq!(
             error.to_string(),
-            "line 3 \"1 0 0 0 1 1 0 8192\": level 1 indirect L1 is listed twice"
+            "line 3 \"1 0 0 0 1 1 0 8192\": level 1 indirect L1 non-SMM is listed twice"
         );
         let error = Totals::parse("pages 1\n").expect_err("keys are missing");
         assert_eq!(error.to_string(), "no peak");
