@@ -10,6 +10,12 @@
  * cannot keep a VM's breakdown says so and counts the VM all the same.  The
  * modules come from the KVM_SHADOW_STATS_MODULE and KVM_MMU_ACCOUNTANT_SAMPLE
  * paths.
+ *
+ * kvm_shadow_stats.ko also breaks each VM's count down by role in debugfs.
+ * A VM that the module finds at load time, roots zapped while in use
+ * included, must be broken down exactly as a twin VM that did the same
+ * under the module all along: the module learns of the first VM's pages
+ * all at once as it loads, of the twin's one event at a time.
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -35,7 +41,8 @@
 #define MODULE_INIT_FAILED	"cannot take over shadow page accounting"
 /* What it logs, after "<pid>-<fd>: ", when it cannot keep a VM's breakdown. */
 #define NO_BREAKDOWN		"no breakdown for this VM"
-#define BREAKDOWN_DEBUGFS	"/sys/kernel/debug/kvm_shadow_stats"
+/* Room for all shadow pages of a VM of HUGE_NR_REGIONS: none recycled. */
+#define HUGE_AMPLE_MMU_PAGES	(8UL * HUGE_NR_REGIONS)
 
 /*
  * The workload around a handover: grow, grow more, zap down to the lowest
@@ -118,14 +125,70 @@ static void assert_handover_count(struct kvm_vm *vm, u64 expected, int step,
 		    step, when, count, expected);
 }
 
+/*
+ * The breakdown of a VM that the module just loaded with: it holds the
+ * pages the module found, and no event since.
+ */
+static void read_breakdown_at_load(struct kvm_vm *vm, struct sp_breakdown *bd,
+				   const char *what)
+{
+	TEST_ASSERT(read_vm_breakdown(vm, bd),
+		    "%s: %s is loaded, but VM %d-%d has no breakdown",
+		    what, MODULE_NAME, getpid(), vm->fd);
+	TEST_ASSERT(!bd->totals.allocated && !bd->totals.zapped,
+		    "%s: %lu pages allocated and %lu zapped since the module loaded, expected none",
+		    what, bd->totals.allocated, bd->totals.zapped);
+}
+
+/*
+ * A handover step with the module loaded before and after it.  Touching
+ * more regions adds level 1 pages and nothing else, as many as the count
+ * grew: one per region under shadow paging; under nested NPT, also one
+ * per 2MiB of memslot 0 that L2 reaches for the first time to walk its own
+ * page tables, which KVM does not shadow.  A zap allocates nothing.
+ */
+static void assert_handover_breakdown_step(struct kvm_vm *vm, int step,
+					   const struct sp_breakdown *before,
+					   struct sp_breakdown *after)
+{
+	int bucket = sp_bucket(1, false, kvm_is_tdp_enabled(), false);
+	int nr_more = MANY_REGIONS - NR_REGIONS;
+	struct sp_delta delta = {};
+	char what[64];
+	s64 grown;
+
+	TEST_ASSERT(read_vm_breakdown(vm, after), "Step %d: VM %d-%d has no breakdown",
+		    step, getpid(), vm->fd);
+	snprintf(what, sizeof(what), "Handover step %d", step);
+	grown = after->totals.pages - before->totals.pages;
+
+	if (handover_steps[step].nr_touch == MANY_REGIONS &&
+	    !handover_steps[step].mmu_page_limit) {
+		TEST_ASSERT(grown == nr_more || (kvm_is_tdp_enabled() && grown > nr_more),
+			    "%s: %ld more pages, expected %d, one per region touched",
+			    what, grown, nr_more);
+		delta.pages[bucket] = grown;
+		delta.allocated[bucket] = grown;
+	} else if (handover_steps[step].mmu_page_limit == KVM_MIN_MMU_PAGES) {
+		delta.any_pages = true;
+		delta.any_zapped = true;
+	} else {
+		delta.any_pages = true;
+		delta.any_allocated = true;
+		delta.any_zapped = true;
+	}
+	assert_breakdown_step(before, after, &delta, what);
+}
+
 TEST(module_handover)
 {
 	const char *module = getenv(MODULE_ENV);
 	u64 expected[ARRAY_SIZE(handover_steps)];
 	struct kvm_vcpu *vcpu, *twin_vcpu;
+	struct sp_breakdown bd, before;
 	struct kvm_vm *vm, *twin;
+	bool was_loaded, breakdown;
 	u64 global, twin_count;
-	bool was_loaded;
 	int i;
 
 	if (!module || access(module, R_OK))
@@ -159,14 +222,26 @@ TEST(module_handover)
 	kvm_vm_free(vm);
 
 	vm = create_busy_vm(&vcpu, MANY_REGIONS);
+	breakdown = read_vm_breakdown(vm, &bd);
 	for (i = 0; i < ARRAY_SIZE(handover_steps); i++) {
 		run_handover_step(vcpu, i);
 		assert_handover_count(vm, expected[i], i, "after the step");
+		if (breakdown) {
+			before = bd;
+			assert_handover_breakdown_step(vm, i, &before, &bd);
+		}
 		if (!handover_steps[i].then_toggle_module)
 			continue;
 		toggle_module(module);
 		assert_handover_count(vm, expected[i], i,
 				      module_loaded() ? "after loading" : "after unloading");
+		breakdown = module_loaded() && have_breakdown();
+		if (breakdown)
+			read_breakdown_at_load(vm, &bd, "After loading");
+		else
+			TEST_ASSERT(!vm_has_breakdown(vm),
+				    "VM %d-%d kept its breakdown with %s unloaded",
+				    getpid(), vm->fd, MODULE_NAME);
 	}
 	kvm_vm_free(vm);
 
@@ -177,6 +252,215 @@ TEST(module_handover)
 	TEST_ASSERT(global_shadow_pages() == global,
 		    "Global mmu_shadow_pages is %lu with the test's VMs gone, expected %lu",
 		    global_shadow_pages(), global);
+}
+
+/*
+ * The workload of a VM that holds a root zapped while in use next to over
+ * two thousand shadow pages.  Its two vCPUs share the root of the one set of
+ * page tables: the memslot deletion zaps it while both use it, vCPU 0 then
+ * builds everything again on a new root, and vCPU 1, which does not run
+ * again until the module is loaded, keeps the old one alive.
+ */
+enum zapped_root_step {
+	BUILD,		/* vCPU 0 touches every region, vCPU 1 takes the root */
+	ZAP_ALL,	/* memslot deleted and added back, the root in use */
+	REBUILD,	/* vCPU 0 again, on a new root */
+	LOAD_HERE,	/* where the module loads, and the twin catches up */
+	FREE_ROOT,	/* vCPU 1 runs, moves to the new root, frees the old */
+	ZAP_OLDEST,	/* the lowest page limit */
+	REGROW,		/* the limit lifted, vCPU 0 again */
+	NR_ZAPPED_ROOT_STEPS,
+};
+
+static const char * const zapped_root_step_names[] = {
+	[BUILD] = "building",
+	[ZAP_ALL] = "zapping all but the root in use",
+	[REBUILD] = "rebuilding on a new root",
+	[FREE_ROOT] = "freeing the zapped root",
+	[ZAP_OLDEST] = "zapping the oldest pages",
+	[REGROW] = "growing back",
+};
+
+static void run_zapped_root_step(struct kvm_vcpu **vcpus, int step)
+{
+	struct kvm_vm *vm = vcpus[0]->vm;
+
+	switch (step) {
+	case BUILD:
+		touch_regions(vcpus[0], HUGE_NR_REGIONS);
+		touch_regions(vcpus[1], 0);
+		break;
+	case ZAP_ALL:
+		vm_mem_region_delete(vm, TEST_SLOT);
+		add_touch_memslot(vm, HUGE_NR_REGIONS);
+		break;
+	case REBUILD:
+		touch_regions(vcpus[0], HUGE_NR_REGIONS);
+		break;
+	case FREE_ROOT:
+		touch_regions(vcpus[1], 0);
+		break;
+	case ZAP_OLDEST:
+		vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)KVM_MIN_MMU_PAGES);
+		break;
+	case REGROW:
+		vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)HUGE_AMPLE_MMU_PAGES);
+		touch_regions(vcpus[0], HUGE_NR_REGIONS);
+		break;
+	}
+}
+
+static struct kvm_vm *create_zapped_root_vm(struct kvm_vcpu **vcpus)
+{
+	return create_touch_vm_vcpus(vcpus, 2, HUGE_NR_REGIONS,
+				     kvm_is_tdp_enabled() ? MAP_4K_NESTED : MAP_4K);
+}
+
+/* @after - @before, as the deltas that a step must give again. */
+static void breakdown_delta(const struct sp_breakdown *before,
+			    const struct sp_breakdown *after,
+			    struct sp_delta *delta)
+{
+	int b;
+
+	*delta = (struct sp_delta) {};
+	for (b = 0; b < NR_SP_BUCKETS; b++) {
+		delta->pages[b] = after->bucket[b].pages - before->bucket[b].pages;
+		delta->allocated[b] = after->bucket[b].allocated -
+				      before->bucket[b].allocated;
+		delta->zapped[b] = after->bucket[b].zapped - before->bucket[b].zapped;
+	}
+}
+
+/*
+ * The twin's shadow pages were all allocated under the module's eyes: none
+ * was found at load time.
+ */
+static void assert_nothing_found(const struct sp_breakdown *bd, const char *what)
+{
+	char name[64];
+	int b;
+
+	for (b = 0; b < NR_SP_BUCKETS; b++) {
+		sp_bucket_name(b, name, sizeof(name));
+		TEST_ASSERT(bd->bucket[b].pages + bd->bucket[b].zapped ==
+			    bd->bucket[b].allocated,
+			    "%s, %s: %lu pages, %lu allocated, %lu zapped, expected no page found",
+			    what, name, bd->bucket[b].pages, bd->bucket[b].allocated,
+			    bd->bucket[b].zapped);
+	}
+}
+
+/*
+ * A VM that built over two thousand shadow pages, one of them a root zapped
+ * while in use, before the module was loaded must, the moment the load
+ * returns, hold in every bucket the pages of a twin that did the same after
+ * the load.  Then both must go on in step: the zapped root leaves its
+ * bucket as vCPU 1 frees it, as zapped, and zaps and regrowth move both
+ * VMs' buckets alike.  Unloading the module hands both counts back to KVM,
+ * which goes on with them exactly.
+ */
+TEST(breakdown_found_at_load)
+{
+	const char *module = getenv(MODULE_ENV);
+	struct kvm_vcpu *vcpus[2], *twin_vcpus[2];
+	struct sp_breakdown bd, twin_bd, before, twin_before;
+	bool nested = kvm_is_tdp_enabled(), was_loaded;
+	struct kvm_vm *vm, *twin;
+	u64 count, twin_count;
+	struct sp_delta delta;
+	char what[128];
+	int root, step;
+
+	if (!module || access(module, R_OK))
+		SKIP(return, MODULE_ENV " does not name a readable " MODULE_NAME ".ko");
+	if (!have_kvm_debugfs())
+		SKIP(return, KVM_DEBUGFS " is missing");
+	if (nested && !have_nested_npt())
+		SKIP(return, BUSY_VM_SKIP_REASON);
+
+	was_loaded = module_loaded();
+	if (was_loaded)
+		unload_module(MODULE_NAME);
+
+	vm = create_zapped_root_vm(vcpus);
+	root = sp_bucket(shadow_root_level(vm, nested), false, nested, false);
+	for (step = 0; step < LOAD_HERE; step++)
+		run_zapped_root_step(vcpus, step);
+	count = shadow_pages(vm);
+	TEST_ASSERT(count > HUGE_NR_REGIONS,
+		    "mmu_shadow_pages is %lu, expected over %d, a page per region and more",
+		    count, HUGE_NR_REGIONS);
+
+	toggle_module(module);
+	TEST_ASSERT_EQ(shadow_pages(vm), count);
+	if (!have_breakdown()) {
+		kvm_vm_free(vm);
+		if (!was_loaded)
+			unload_module(MODULE_NAME);
+		SKIP(return, MODULE_NAME ".ko keeps no breakdown in " BREAKDOWN_DEBUGFS);
+	}
+	read_breakdown_at_load(vm, &bd, "Right after loading");
+	TEST_ASSERT(bd.bucket[root].pages == 2,
+		    "Right after loading: %lu pages in the roots' bucket, expected 2, the root in use and the one zapped in use",
+		    bd.bucket[root].pages);
+
+	twin = create_zapped_root_vm(twin_vcpus);
+	for (step = 0; step < LOAD_HERE; step++)
+		run_zapped_root_step(twin_vcpus, step);
+	TEST_ASSERT_EQ(shadow_pages(twin), count);
+	TEST_ASSERT(read_vm_breakdown(twin, &twin_bd), "The twin has no breakdown");
+	assert_nothing_found(&twin_bd, "The twin, built after the load");
+	assert_breakdown_pages_equal(&twin_bd, &bd,
+				     "The VM found at load time, against its twin built after");
+
+	for (step = LOAD_HERE + 1; step < NR_ZAPPED_ROOT_STEPS; step++) {
+		before = bd;
+		twin_before = twin_bd;
+		run_zapped_root_step(vcpus, step);
+		run_zapped_root_step(twin_vcpus, step);
+		shadow_pages(vm);
+		shadow_pages(twin);
+		read_vm_breakdown(vm, &bd);
+		read_vm_breakdown(twin, &twin_bd);
+
+		snprintf(what, sizeof(what), "The twin, %s",
+			 zapped_root_step_names[step]);
+		if (step == FREE_ROOT) {
+			delta = (struct sp_delta) {
+				.any_pages = true, .any_allocated = true,
+			};
+			delta.zapped[root] = 1;
+			assert_breakdown_step(&twin_before, &twin_bd, &delta, what);
+			TEST_ASSERT(twin_bd.bucket[root].pages == 1,
+				    "%s: %lu pages in the roots' bucket, expected 1, the one in use",
+				    what, twin_bd.bucket[root].pages);
+		}
+		breakdown_delta(&twin_before, &twin_bd, &delta);
+		snprintf(what, sizeof(what), "The VM found at load time, %s, against its twin",
+			 zapped_root_step_names[step]);
+		assert_breakdown_step(&before, &bd, &delta, what);
+		assert_breakdown_pages_equal(&twin_bd, &bd, what);
+	}
+
+	/* KVM takes both counts back and goes on with them exactly. */
+	toggle_module(module);
+	TEST_ASSERT(!vm_has_breakdown(vm) && !vm_has_breakdown(twin),
+		    "The VMs kept their breakdown with %s unloaded", MODULE_NAME);
+	for (step = ZAP_OLDEST; step < NR_ZAPPED_ROOT_STEPS; step++) {
+		run_zapped_root_step(vcpus, step);
+		run_zapped_root_step(twin_vcpus, step);
+		count = checked_shadow_pages(vm);
+		twin_count = checked_shadow_pages(twin);
+		TEST_ASSERT(count == twin_count,
+			    "After unloading, %s: mmu_shadow_pages is %lu, expected %lu as in the twin",
+			    zapped_root_step_names[step], count, twin_count);
+	}
+
+	kvm_vm_free(twin);
+	kvm_vm_free(vm);
+	if (was_loaded)
+		toggle_module(module);
 }
 
 /* Zap down to KVM's lowest page limit, then lift it and grow back. */

@@ -15,6 +15,8 @@
 
 #define NR_REGIONS		16
 #define MANY_REGIONS		128
+/* Over two thousand shadow pages, in a memslot of 4GiB. */
+#define HUGE_NR_REGIONS		2048
 
 /* KVM_SET_NR_MMU_PAGES refuses anything lower. */
 #define KVM_MIN_MMU_PAGES	64
@@ -43,6 +45,9 @@ enum touch_mapping {
 bool have_nested_npt(void);
 struct kvm_vm *create_touch_vm(struct kvm_vcpu **vcpu, int nr_regions,
 			       enum touch_mapping mapping);
+void add_touch_memslot(struct kvm_vm *vm, int nr_regions);
+struct kvm_vm *create_touch_vm_vcpus(struct kvm_vcpu **vcpus, int nr_vcpus,
+				     int nr_regions, enum touch_mapping mapping);
 struct kvm_vm *create_busy_vm(struct kvm_vcpu **vcpu, int nr_regions);
 void touch_regions(struct kvm_vcpu *vcpu, int nr);
 

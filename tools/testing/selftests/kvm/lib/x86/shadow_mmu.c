@@ -100,8 +100,28 @@ static void assert_no_accountant_report(void)
 		    "KVM caught a shadow page accountant miscounting: %s", report);
 }
 
-struct kvm_vm *create_touch_vm(struct kvm_vcpu **vcpu, int nr_regions,
-			       enum touch_mapping mapping)
+/*
+ * Anonymous memory is madvised NOHUGEPAGE: KVM maps it 4KiB at most.  But
+ * mmap() reserves all of an anonymous mapping up front, which fails for one
+ * of 2GiB in the 2GiB test guests: a memslot of more than MANY_REGIONS is
+ * shmem, which it does not, and which shmem_enabled=never, the default,
+ * also backs with 4KiB pages.
+ */
+void add_touch_memslot(struct kvm_vm *vm, int nr_regions)
+{
+	vm_userspace_mem_region_add(vm, nr_regions > MANY_REGIONS ?
+					VM_MEM_SRC_SHMEM : VM_MEM_SRC_ANONYMOUS,
+				    TEST_GPA, TEST_SLOT,
+				    nr_regions * REGION_SIZE / PAGE_SIZE, 0);
+}
+
+/*
+ * Every vCPU runs the same guest through the same page tables, so that it
+ * shares the VM's roots with the others; each one touches the regions
+ * that touch_regions() asks of it.
+ */
+struct kvm_vm *create_touch_vm_vcpus(struct kvm_vcpu **vcpus, int nr_vcpus,
+				     int nr_regions, enum touch_mapping mapping)
 {
 	bool nested = mapping == MAP_4K_NESTED || mapping == MAP_1G_NESTED;
 	u64 slot_pages = nr_regions * REGION_SIZE / PAGE_SIZE;
@@ -115,18 +135,19 @@ struct kvm_vm *create_touch_vm(struct kvm_vcpu **vcpu, int nr_regions,
 	 * The extra pages only size memslot 0's room for page tables, which
 	 * holds a stage-1 and, if nested, an NPT table page per region.
 	 */
-	vm = __vm_create_with_one_vcpu(vcpu, 2 * slot_pages,
-				       nested ? (void *)l1_guest_code :
-						(void *)guest_touch_regions);
+	vm = __vm_create_with_vcpus(VM_SHAPE_DEFAULT, nr_vcpus, 2 * slot_pages,
+				    nested ? (void *)l1_guest_code :
+					     (void *)guest_touch_regions,
+				    vcpus);
 	if (nested) {
 		vm_enable_tdp(vm);
-		vcpu_alloc_svm(vm, &svm_gva);
-		vcpu_args_set(*vcpu, 1, svm_gva);
+		for (i = 0; i < nr_vcpus; i++) {
+			vcpu_alloc_svm(vm, &svm_gva);
+			vcpu_args_set(vcpus[i], 1, svm_gva);
+		}
 	}
 
-	/* Anonymous memory is madvised NOHUGEPAGE: KVM maps it 4KiB at most. */
-	vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, TEST_GPA,
-				    TEST_SLOT, slot_pages, 0);
+	add_touch_memslot(vm, nr_regions);
 
 	if (mapping == MAP_2M)
 		virt_map_level(vm, TEST_GVA, TEST_GPA, nr_regions * REGION_SIZE,
@@ -146,6 +167,12 @@ struct kvm_vm *create_touch_vm(struct kvm_vcpu **vcpu, int nr_regions,
 	else if (mapping == MAP_1G_NESTED)
 		tdp_identity_map_1g(vm, TEST_GPA, PG_SIZE_1G);
 	return vm;
+}
+
+struct kvm_vm *create_touch_vm(struct kvm_vcpu **vcpu, int nr_regions,
+			       enum touch_mapping mapping)
+{
+	return create_touch_vm_vcpus(vcpu, 1, nr_regions, mapping);
 }
 
 void touch_regions(struct kvm_vcpu *vcpu, int nr)
