@@ -268,7 +268,9 @@ struct PageTableBuilder<'m> {
     memory: &'m GuestMemory,
     pml4: u64,
     next_free: u64,
-    table_pages: u64,
+    /// The level of each table, in the order the tables were made: 4 for the PML4, 1 for a
+    /// page table.
+    table_levels: Vec<u8>,
 }
 
 impl<'m> PageTableBuilder<'m> {
@@ -277,9 +279,9 @@ impl<'m> PageTableBuilder<'m> {
             memory,
             pml4: 0,
             next_free: ALLOCATOR_START,
-            table_pages: 0,
+            table_levels: Vec::new(),
         };
-        builder.pml4 = builder.allocate_table()?;
+        builder.pml4 = builder.allocate_table(4)?;
         Ok(builder)
     }
 
@@ -293,20 +295,22 @@ impl<'m> PageTableBuilder<'m> {
         Ok(page)
     }
 
-    fn allocate_table(&mut self) -> Result<u64, GuestError> {
+    /// A page table of `level`, 1 to 4.
+    fn allocate_table(&mut self, level: u8) -> Result<u64, GuestError> {
         let table = self.allocate_page()?;
-        self.table_pages += 1;
+        self.table_levels.push(level);
         Ok(table)
     }
 
-    /// The table that entry `index` of `table` points to, created if the entry is empty.
-    fn next_table(&mut self, table: u64, index: u64) -> Result<u64, GuestError> {
+    /// The table that entry `index` of `table`, of level `level + 1`, points to, created if the
+    /// entry is empty.
+    fn next_table(&mut self, table: u64, index: u64, level: u8) -> Result<u64, GuestError> {
         let entry_gpa = table + index * 8;
         let entry = self.memory.read_u64(entry_gpa)?;
         if entry & PTE_PRESENT != 0 {
             return Ok(entry & PTE_ADDRESS_MASK);
         }
-        let next = self.allocate_table()?;
+        let next = self.allocate_table(level)?;
         self.memory
             .write_u64(entry_gpa, next | PTE_PRESENT | PTE_WRITABLE)?;
         Ok(next)
@@ -315,11 +319,11 @@ impl<'m> PageTableBuilder<'m> {
     /// Maps `gva` to `gpa` with a page of the size `mapping` says.
     fn map(&mut self, gva: u64, gpa: u64, mapping: TouchMapping) -> Result<(), GuestError> {
         let index = |level: u32| (gva >> (12 + 9 * (level - 1))) & 0x1ff;
-        let pdpt = self.next_table(self.pml4, index(4))?;
-        let pd = self.next_table(pdpt, index(3))?;
+        let pdpt = self.next_table(self.pml4, index(4), 3)?;
+        let pd = self.next_table(pdpt, index(3), 2)?;
         match mapping {
             TouchMapping::Small => {
-                let pt = self.next_table(pd, index(2))?;
+                let pt = self.next_table(pd, index(2), 1)?;
                 self.memory
                     .write_u64(pt + index(1) * 8, gpa | PTE_PRESENT | PTE_WRITABLE)
             }
@@ -406,8 +410,9 @@ struct Touch {
 struct GuestImage {
     memory: GuestMemory,
     touches: Vec<Touch>,
+    mapping: TouchMapping,
     pml4: u64,
-    guest_table_pages: u64,
+    table_levels: Vec<u8>,
 }
 
 impl GuestImage {
@@ -439,7 +444,7 @@ impl GuestImage {
             memory.write_u64(TOUCH_TABLE_GPA + index * 8, gva)?;
             touches.push(Touch { gva, gpa });
         }
-        let (pml4, guest_table_pages) = (tables.pml4, tables.table_pages);
+        let (pml4, table_levels) = (tables.pml4, tables.table_levels);
 
         let gdt: [u64; GDT_ENTRIES] = [
             0,
@@ -457,8 +462,9 @@ impl GuestImage {
         Ok(Self {
             memory,
             touches,
+            mapping,
             pml4,
-            guest_table_pages,
+            table_levels,
         })
     }
 }
@@ -493,7 +499,8 @@ pub struct TestVm {
     vm: VmFd,
     memory: GuestMemory,
     touches: Vec<Touch>,
-    guest_table_pages: u64,
+    mapping: TouchMapping,
+    table_levels: Vec<u8>,
 }
 
 impl TestVm {
@@ -528,7 +535,8 @@ impl TestVm {
             vm,
             memory: image.memory,
             touches: image.touches,
-            guest_table_pages: image.guest_table_pages,
+            mapping: image.mapping,
+            table_levels: image.table_levels,
         })
     }
 
@@ -538,7 +546,24 @@ impl TestVm {
 
     /// How many guest page table pages (PML4, PDPTs, PDs, PTs) the guest's run walks.
     pub fn guest_table_pages(&self) -> u64 {
-        self.guest_table_pages
+        self.table_levels.len() as u64
+    }
+
+    /// The level of each guest page table the guest's run walks, in the order that run first
+    /// walks them: the PML4, the tables of the low memory its code is in, then those of each
+    /// touch in turn, as the test built them in that order.
+    pub fn guest_table_levels(&self) -> &[u8] {
+        &self.table_levels
+    }
+
+    /// How the touched addresses are mapped.
+    pub fn mapping(&self) -> TouchMapping {
+        self.mapping
+    }
+
+    /// How many addresses the guest touches, each in a 2 MiB region of its own.
+    pub fn touches(&self) -> u64 {
+        self.touches.len() as u64
     }
 
     /// Runs the guest from the start until it has touched every address, and checks that
@@ -617,20 +642,21 @@ mod tests {
             .map(GDT_GPA, GDT_GPA, TouchMapping::Small)
             .expect("map");
         // PML4, PDPT, PD and PT for the low memory.
-        assert_eq!(tables.table_pages, 4);
+        assert_eq!(tables.table_levels, [4, 3, 2, 1]);
         for index in 0..3 {
             let gva = TOUCH_BASE_GVA + index * LARGE_PAGE_SIZE;
             tables.map(gva, 0x8000, TouchMapping::Small).expect("map");
         }
         // A PD for the second GiB and a PT per touch.
-        assert_eq!(tables.table_pages, 4 + 1 + 3);
+        assert_eq!(tables.table_levels, [4, 3, 2, 1, 2, 1, 1, 1]);
         for index in 3..6 {
             let gva = TOUCH_BASE_GVA + index * LARGE_PAGE_SIZE;
             tables
                 .map(gva, LARGE_DATA_GPA, TouchMapping::Large)
                 .expect("map");
         }
-        assert_eq!(tables.table_pages, 8);
+        // Large pages need no page table below the PD.
+        assert_eq!(tables.table_levels, [4, 3, 2, 1, 2, 1, 1, 1]);
     }
 
     #[test]
