@@ -7,10 +7,13 @@ use std::fmt;
 use std::time::Duration;
 
 pub const USAGE: &str = "\
-usage: kvm_shadow_top [--once | --interval SECONDS] [--json | --prometheus] [--sources]
+usage: kvm_shadow_top [--once | --interval SECONDS]
+                      [--json | --prometheus | --breakdown] [--sources]
+                      [-p PID[-FD][,...]]
 
 Shows how many shadow MMU pages each KVM VM on this host holds (KVM's
 mmu_shadow_pages), busiest first, with a total, refreshed every second.
+While kvm_shadow_stats.ko is loaded, also which pages they are.
 
   -1, --once           one sample, then exit
   --interval SECONDS   sample every SECONDS (default 1); with --json or
@@ -18,8 +21,13 @@ mmu_shadow_pages), busiest first, with a total, refreshed every second.
   --json               one JSON document per sample, one per line
   --prometheus         Prometheus text format, for node_exporter's textfile
                        collector
+  --breakdown          each VM's shadow pages by role (level, direct, L2,
+                       SMM), from kvm_shadow_stats.ko
   --sources            say where each number came from: the VM's binary
                        stats fd or debugfs (JSON always says)
+  -p, --pid PID[-FD][,...]
+                       only the VMs of these processes, or with -FD only
+                       the VM of that debugfs directory; may be repeated
   -h, --help           show this text
 ";
 
@@ -29,6 +37,38 @@ pub enum Format {
     Table,
     Json,
     Prometheus,
+    /// Each VM's table of shadow pages by role.
+    Breakdown,
+}
+
+impl Format {
+    /// Whether it is for people, and so refreshed every second unless told otherwise.
+    fn is_live(self) -> bool {
+        matches!(self, Self::Table | Self::Breakdown)
+    }
+}
+
+/// Which VMs to show: those whose debugfs directory `<pid>-<fd>` matches one of these, or
+/// every VM if there are none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection(Vec<Selector>);
+
+/// A process, or one VM of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selector {
+    pub pid: u32,
+    pub fd: Option<i32>,
+}
+
+impl Selection {
+    /// Whether the VM of debugfs directory `<pid>-<fd>` is shown.
+    pub fn contains(&self, pid: u32, fd: i32) -> bool {
+        self.0.is_empty()
+            || self
+                .0
+                .iter()
+                .any(|selector| selector.pid == pid && selector.fd.is_none_or(|want| want == fd))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +77,7 @@ pub struct Options {
     /// Time between samples, or `None` for a single sample.
     pub interval: Option<Duration>,
     pub sources: bool,
+    pub selection: Selection,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +108,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     let mut once = false;
     let mut interval = None;
     let mut sources = false;
+    let mut selection = Selection::default();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
@@ -77,9 +119,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             _ => (arg.as_str(), None),
         };
         let mut set_format = |wanted| match format.replace(wanted) {
-            Some(other) if other != wanted => {
-                Err(usage_error("--json and --prometheus exclude each other"))
-            }
+            Some(other) if other != wanted => Err(usage_error(
+                "--json, --prometheus and --breakdown exclude each other",
+            )),
             _ => Ok(()),
         };
         match name {
@@ -87,6 +129,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             "-1" | "--once" => once = true,
             "--json" => set_format(Format::Json)?,
             "--prometheus" => set_format(Format::Prometheus)?,
+            "--breakdown" => set_format(Format::Breakdown)?,
             "--sources" => sources = true,
             "--interval" => {
                 let value = match inline_value.take() {
@@ -97,6 +140,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
                         .ok_or_else(|| usage_error("--interval needs a number of seconds"))?,
                 };
                 interval = Some(parse_interval(&value)?);
+            }
+            "-p" | "--pid" => {
+                let value = match inline_value.take() {
+                    Some(value) => value,
+                    None => args
+                        .next()
+                        .and_then(|value| value.into_string().ok())
+                        .ok_or_else(|| usage_error(format!("{name} needs a PID or PID-FD")))?,
+                };
+                for selector in value.split(',') {
+                    selection.0.push(parse_selector(name, selector)?);
+                }
             }
             _ => return Err(usage_error(format!("unknown argument '{arg}'"))),
         }
@@ -112,16 +167,42 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         // A label whose value changes would split a VM's series in two.
         return Err(usage_error("--sources has no place in --prometheus output"));
     }
-    let interval = match (format, once) {
+    if sources && format == Format::Breakdown {
+        // Only kvm_shadow_stats.ko's debugfs files have it.
+        return Err(usage_error("--sources has no place in --breakdown output"));
+    }
+    let interval = match (format.is_live(), once) {
         (_, true) => None,
-        (Format::Table, false) => interval.or(Some(Duration::from_secs(1))),
-        (Format::Json | Format::Prometheus, false) => interval,
+        (true, false) => interval.or(Some(Duration::from_secs(1))),
+        (false, false) => interval,
     };
     Ok(Command::Run(Options {
         format,
         interval,
         sources,
+        selection,
     }))
+}
+
+/// One `PID` or `PID-FD` of `-p`, in the digits-only spelling of debugfs directory names.
+fn parse_selector(option: &str, text: &str) -> Result<Selector, UsageError> {
+    let invalid = || usage_error(format!("{option} takes PID or PID-FD, not '{text}'"));
+    let number = |part: &str| -> Result<u32, UsageError> {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        part.parse().map_err(|_| invalid())
+    };
+    match text.split_once('-') {
+        Some((pid, fd)) => Ok(Selector {
+            pid: number(pid)?,
+            fd: Some(i32::try_from(number(fd)?).map_err(|_| invalid())?),
+        }),
+        None => Ok(Selector {
+            pid: number(text)?,
+            fd: None,
+        }),
+    }
 }
 
 fn parse_interval(value: &str) -> Result<Duration, UsageError> {
@@ -152,6 +233,7 @@ mod tests {
             format,
             interval,
             sources,
+            selection: Selection::default(),
         })
     }
 
@@ -201,6 +283,44 @@ mod tests {
     }
 
     #[test]
+    fn breakdown_refreshes_like_the_table() {
+        assert_eq!(
+            parse_strs(&["--breakdown"]),
+            Ok(run(Format::Breakdown, SECOND, false))
+        );
+        assert_eq!(
+            parse_strs(&["--breakdown", "--once"]),
+            Ok(run(Format::Breakdown, None, false))
+        );
+        assert_eq!(
+            parse_strs(&["--interval=3", "--breakdown"]),
+            Ok(run(Format::Breakdown, Some(Duration::from_secs(3)), false))
+        );
+    }
+
+    #[test]
+    fn pid_selects_processes_and_vms() {
+        let Ok(Command::Run(options)) = parse_strs(&[
+            "-p",
+            "4242",
+            "--pid=77-9,100",
+            "--breakdown",
+            "--pid",
+            "5-0",
+        ]) else {
+            panic!("parsed");
+        };
+        assert_eq!(options.format, Format::Breakdown);
+        let selection = options.selection;
+        assert!(selection.contains(4242, 11) && selection.contains(4242, 12));
+        assert!(selection.contains(77, 9) && !selection.contains(77, 10));
+        assert!(selection.contains(100, 3) && selection.contains(5, 0));
+        assert!(!selection.contains(6, 0) && !selection.contains(42, 11));
+        // Nothing selected is everything.
+        assert!(Selection::default().contains(1, 2));
+    }
+
+    #[test]
     fn help() {
         assert_eq!(parse_strs(&["--help"]), Ok(Command::Help));
         assert_eq!(parse_strs(&["--once", "-h", "--bogus"]), Ok(Command::Help));
@@ -214,6 +334,23 @@ mod tests {
             &["--once", "--interval", "2"],
             &["--json", "--prometheus"],
             &["--prometheus", "--sources"],
+            &["--breakdown", "--json"],
+            &["--prometheus", "--breakdown"],
+            &["--breakdown", "--sources"],
+            &["--breakdown=1"],
+            &["-p"],
+            &["--pid"],
+            &["-p", ""],
+            &["-p", "1,"],
+            &["-p", "x"],
+            &["-p", "-5"],
+            &["-p", "+5"],
+            &["-p", "5-"],
+            &["-p", "5-1-2"],
+            &["-p", "5--1"],
+            &["-p", "99999999999"],
+            &["-p", "1-2147483648"],
+            &["--pid=", "1"],
             &["--interval"],
             &["--interval", "0"],
             &["--interval", "-1"],
@@ -232,6 +369,10 @@ mod tests {
             Err(UsageError(
                 "--interval takes a positive number of seconds, not '-1'".to_owned()
             ))
+        );
+        assert_eq!(
+            parse_strs(&["-p", "12,web1"]),
+            Err(UsageError("-p takes PID or PID-FD, not 'web1'".to_owned()))
         );
     }
 

@@ -2,7 +2,8 @@
 
 //! Takes a [`Sample`] of the host: the VMs that KVM's debugfs lists, each read through its own
 //! binary stats fd where its owner has one open for this process to borrow, and through
-//! debugfs otherwise.
+//! debugfs otherwise, with the breakdown of its shadow pages that kvm_shadow_stats.ko keeps in
+//! debugfs while it is loaded.
 //!
 //! KVM refuses every ioctl on a VM fd from a process other than the one that created the VM,
 //! so a borrowed VM fd cannot give a stats fd; a stats fd the owner opened itself can be read
@@ -16,13 +17,15 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use kvm_stats::breakdown::{BreakdownError, Scope, ShadowStatsDebugfs};
 use kvm_stats::debugfs::{DebugfsError, KvmDebugfs, VmId};
 use kvm_stats::stats::Stats;
 
+use crate::args::Selection;
 use crate::fields::FIELDS;
 use crate::pidfd;
 use crate::process;
-use crate::sample::{Reading, Sample, Source, Vm};
+use crate::sample::{Breakdown, Reading, Sample, Source, Vm};
 
 /// What `/proc/<pid>/fd/<fd>` links to for a VM's binary stats fd.
 const VM_STATS_LINK: &str = "anon_inode:kvm-vm-stats";
@@ -43,6 +46,12 @@ pub enum CollectError {
         dir: PathBuf,
     },
     Debugfs(DebugfsError),
+    /// A breakdown was asked for, and kvm_shadow_stats.ko's directory is not there.
+    NoBreakdown {
+        dir: PathBuf,
+    },
+    /// kvm_shadow_stats.ko's files cannot be read or do not say what its documentation says.
+    Breakdown(BreakdownError),
 }
 
 impl fmt::Display for CollectError {
@@ -64,6 +73,12 @@ impl fmt::Display for CollectError {
                 dir.display()
             ),
             Self::Debugfs(error) => error.fmt(f),
+            Self::NoBreakdown { dir } => write!(
+                f,
+                "kvm_shadow_stats.ko is not loaded: there is no {} (modprobe kvm_shadow_stats)",
+                dir.display()
+            ),
+            Self::Breakdown(error) => error.fmt(f),
         }
     }
 }
@@ -72,6 +87,7 @@ impl std::error::Error for CollectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Debugfs(error) => Some(error),
+            Self::Breakdown(error) => Some(error),
             _ => None,
         }
     }
@@ -79,35 +95,68 @@ impl std::error::Error for CollectError {
 
 pub struct Collector {
     debugfs: KvmDebugfs,
+    shadow_stats: ShadowStatsDebugfs,
     proc_root: PathBuf,
+    selection: Selection,
+    require_breakdown: bool,
 }
 
 impl Collector {
-    /// A collector of the VMs listed in `debugfs`, whose owners are in the procfs at
-    /// `proc_root`.
-    pub fn new(debugfs: KvmDebugfs, proc_root: impl Into<PathBuf>) -> Self {
+    /// A collector of the VMs listed in `debugfs`, with their breakdowns in `shadow_stats`
+    /// where it has them, whose owners are in the procfs at `proc_root`.
+    pub fn new(
+        debugfs: KvmDebugfs,
+        shadow_stats: ShadowStatsDebugfs,
+        proc_root: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             debugfs,
+            shadow_stats,
             proc_root: proc_root.into(),
+            selection: Selection::default(),
+            require_breakdown: false,
+        }
+    }
+
+    /// Reads only the VMs of `selection`.
+    pub fn select(self, selection: Selection) -> Self {
+        Self { selection, ..self }
+    }
+
+    /// Fails every sample while kvm_shadow_stats.ko is not loaded.
+    pub fn require_breakdown(self) -> Self {
+        Self {
+            require_breakdown: true,
+            ..self
         }
     }
 
     /// Every VM, skipping those that are destroyed while they are read.
     pub fn sample(&self) -> Result<Sample, CollectError> {
         let ids = self.debugfs.vms().map_err(|error| self.explain(error))?;
+        if self.require_breakdown && !self.shadow_stats.is_present() {
+            return Err(CollectError::NoBreakdown {
+                dir: self.shadow_stats.root().to_owned(),
+            });
+        }
         let mut vms_per_owner = HashMap::<u32, usize>::new();
         for id in &ids {
             *vms_per_owner.entry(id.pid).or_default() += 1;
         }
         let mut vms = Vec::with_capacity(ids.len());
         for id in ids {
+            if !self.selection.contains(id.pid, id.fd) {
+                continue;
+            }
             // A stats fd tells which process created its VM, not which of its VMs it is.
             let stats = (vms_per_owner.get(&id.pid) == Some(&1))
                 .then(|| self.borrow_vm_stats(id.pid))
                 .flatten();
-            if let Some(vm) = self.read_vm(id, stats).map_err(CollectError::Debugfs)? {
-                vms.push(vm);
-            }
+            let Some(mut vm) = self.read_vm(id, stats).map_err(CollectError::Debugfs)? else {
+                continue;
+            };
+            vm.breakdown = self.read_breakdown(id).map_err(CollectError::Breakdown)?;
+            vms.push(vm);
         }
         Ok(Sample::new(SystemTime::now(), Instant::now(), vms))
     }
@@ -146,7 +195,31 @@ impl Collector {
             guest,
             readings,
             rates: [None; FIELDS.len()],
+            breakdown: None,
         }))
+    }
+
+    /// The VM's breakdown, `None` if kvm_shadow_stats.ko has none: it is not loaded, it could
+    /// not allocate the VM's counters, or the VM or the module went away meanwhile.
+    fn read_breakdown(&self, id: VmId) -> Result<Option<Breakdown>, BreakdownError> {
+        let scope = Scope::Vm(id);
+        let read = || -> Result<Breakdown, BreakdownError> {
+            Ok(Breakdown {
+                pages: self.shadow_stats.pages(scope)?,
+                totals: self.shadow_stats.totals(scope)?,
+            })
+        };
+        match read() {
+            Ok(breakdown) => Ok(Some(breakdown)),
+            // The module makes a VM's directory before its files.
+            Err(BreakdownError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            // A file removed while it is read fails with EIO: whatever failed, a directory
+            // that is gone now means no breakdown.
+            Err(BreakdownError::Io { .. }) if !self.shadow_stats.dir(scope).is_dir() => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// The binary stats of the only VM process `pid` created, if the process has them open and
@@ -251,8 +324,27 @@ mod tests {
             }
         }
 
+        /// Where kvm_shadow_stats.ko's directory would be, next to KVM's.
+        fn shadow_stats(&self) -> ShadowStatsDebugfs {
+            ShadowStatsDebugfs::at(self.dir.with_file_name("kvm_shadow_stats"))
+        }
+
+        /// Loads the module, as far as its directory goes.
+        fn load_module(&self) {
+            fs::create_dir_all(self.shadow_stats().root()).expect("temp dir creatable");
+        }
+
+        /// Gives VM `name` a breakdown directory with these files.
+        fn add_breakdown(&self, name: &str, pages: &str, totals: &str) {
+            let dir = self.shadow_stats().root().join(name);
+            fs::create_dir_all(&dir).expect("temp dir creatable");
+            fs::write(dir.join("pages"), pages).expect("writable");
+            fs::write(dir.join("totals"), totals).expect("writable");
+            fs::write(dir.join("peak"), "1\n").expect("writable");
+        }
+
         fn collector(&self) -> Collector {
-            Collector::new(KvmDebugfs::at(&self.dir), "/proc")
+            Collector::new(KvmDebugfs::at(&self.dir), self.shadow_stats(), "/proc")
         }
     }
 
@@ -304,6 +396,119 @@ mod tests {
         );
     }
 
+    const PAGES: &str = "level direct guest_mode smm pages allocated zapped bytes\n\
+                         1 0 0 0 3 4 1 24576\n\
+                         4 1 0 0 1 1 0 4096\n";
+    const TOTALS: &str = "pages 4\npeak 5\nallocated 5\nzapped 1\nbytes 28672\n\
+                          page_table_bytes 16384\n";
+
+    #[test]
+    fn reads_the_breakdowns_the_module_has() {
+        let fake = FakeDebugfs::new("breakdown");
+        let stats = [("mmu_shadow_pages", "4\n")];
+        fake.add_vm(&format!("{NO_PID}-12"), &stats);
+        fake.add_vm(&format!("{NO_PID}-13"), &stats);
+        // Without the module, nothing has one.
+        let sample = fake.collector().sample().expect("a sample");
+        assert!(sample.vms.iter().all(|vm| vm.breakdown.is_none()));
+
+        fake.load_module();
+        fake.add_breakdown(&format!("{NO_PID}-12"), PAGES, TOTALS);
+        let sample = fake.collector().sample().expect("a sample");
+        let breakdowns: Vec<_> = sample
+            .vms
+            .iter()
+            .map(|vm| (vm.id.fd, vm.breakdown.as_ref().map(|b| b.buckets().len())))
+            .collect();
+        assert_eq!(breakdowns, [(12, Some(2)), (13, None)]);
+        let breakdown = sample.vms[0].breakdown.as_ref().expect("a breakdown");
+        assert_eq!(
+            (breakdown.direct_pages(), breakdown.guest_mode_pages()),
+            (1, 0)
+        );
+        assert_eq!((breakdown.totals.peak, breakdown.totals.bytes), (5, 28672));
+    }
+
+    #[test]
+    fn a_broken_breakdown_is_an_error() {
+        let fake = FakeDebugfs::new("broken-breakdown");
+        fake.add_vm(&format!("{NO_PID}-12"), &[("mmu_shadow_pages", "4\n")]);
+        fake.add_breakdown(&format!("{NO_PID}-12"), PAGES, "pages 4\n");
+        let error = fake.collector().sample().expect_err("no peak in totals");
+        assert!(matches!(error, CollectError::Breakdown(_)), "{error}");
+    }
+
+    #[test]
+    fn a_breakdown_directory_without_its_files_yet_is_no_breakdown() {
+        let fake = FakeDebugfs::new("empty-breakdown");
+        fake.add_vm(&format!("{NO_PID}-12"), &[("mmu_shadow_pages", "4\n")]);
+        let vm = VmId {
+            pid: NO_PID,
+            fd: 12,
+        };
+        fs::create_dir_all(fake.shadow_stats().dir(Scope::Vm(vm))).expect("temp dir creatable");
+        let sample = fake.collector().sample().expect("a sample");
+        assert_eq!(sample.vms.len(), 1);
+        assert_eq!(sample.vms[0].breakdown, None);
+    }
+
+    #[test]
+    fn a_breakdown_can_be_required() {
+        let fake = FakeDebugfs::new("required");
+        fake.add_vm(&format!("{NO_PID}-12"), &[("mmu_shadow_pages", "4\n")]);
+        let collector = fake.collector().require_breakdown();
+        let error = collector.sample().expect_err("no module");
+        assert!(
+            matches!(&error, CollectError::NoBreakdown { dir } if *dir == fake.shadow_stats().root()),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("kvm_shadow_stats.ko is not loaded: there is no ")
+        );
+        fake.load_module();
+        assert_eq!(collector.sample().expect("a sample").vms.len(), 1);
+    }
+
+    #[test]
+    fn reads_only_the_vms_selected() {
+        let fake = FakeDebugfs::new("select");
+        for fd in [12, 13] {
+            fake.add_vm(&format!("{NO_PID}-{fd}"), &[("mmu_shadow_pages", "4\n")]);
+        }
+        fake.add_vm(
+            &format!("{}-12", NO_PID + 1),
+            &[("mmu_shadow_pages", "4\n")],
+        );
+        let ids = |args: &[&str]| {
+            let parsed = crate::args::parse(args.iter().map(std::ffi::OsString::from));
+            let Ok(crate::args::Command::Run(options)) = parsed else {
+                panic!("{args:?} parse");
+            };
+            let sample = fake
+                .collector()
+                .select(options.selection)
+                .sample()
+                .expect("a sample");
+            sample
+                .vms
+                .iter()
+                .map(|vm| vm.id.to_string())
+                .collect::<Vec<_>>()
+        };
+        let (a, b, c) = (
+            format!("{NO_PID}-12"),
+            format!("{NO_PID}-13"),
+            format!("{}-12", NO_PID + 1),
+        );
+        assert_eq!(ids(&[]), [&*a, &*b, &*c]);
+        assert_eq!(ids(&["-p", &NO_PID.to_string()]), [&*a, &*b]);
+        assert_eq!(ids(&["-p", &b]), [&*b]);
+        assert_eq!(ids(&["-p", &format!("{b},{}", NO_PID + 1)]), [&*b, &*c]);
+        assert!(ids(&["-p", "1"]).is_empty());
+    }
+
     #[test]
     fn a_vm_that_is_gone_is_skipped() {
         let fake = FakeDebugfs::new("gone");
@@ -336,7 +541,11 @@ mod tests {
         assert!(error.to_string().starts_with("debugfs is not mounted on "));
 
         // Where the mount table cannot be read, the directory is what is missing.
-        let collector = Collector::new(KvmDebugfs::at(&fake.dir), "/nonexistent");
+        let collector = Collector::new(
+            KvmDebugfs::at(&fake.dir),
+            fake.shadow_stats(),
+            "/nonexistent",
+        );
         assert!(matches!(
             collector.sample(),
             Err(CollectError::NoKvm { .. })
@@ -355,7 +564,7 @@ mod tests {
         link("0", "/dev/null");
         link("4", "anon_inode:kvm-vm");
         link("6", "anon_inode:kvm-vcpu-stats:0");
-        let collector = Collector::new(KvmDebugfs::at(&fake.dir), &proc_root);
+        let collector = Collector::new(KvmDebugfs::at(&fake.dir), fake.shadow_stats(), &proc_root);
         assert_eq!(collector.only_vm_stats_fd(1234), None);
         link("5", VM_STATS_LINK);
         assert_eq!(collector.only_vm_stats_fd(1234), Some(5));

@@ -6,7 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::fields::FIELDS;
-use crate::sample::{Sample, Vm};
+use crate::sample::{Breakdown, Sample, Vm};
 
 pub fn render(sample: &Sample) -> String {
     let mut out = String::from("{\"time\":");
@@ -61,7 +61,45 @@ fn push_vm(out: &mut String, vm: &Vm) {
         push_rate(out, vm.rates[index]);
         out.push('}');
     }
-    out.push_str("}}");
+    out.push_str("},\"breakdown\":");
+    match &vm.breakdown {
+        Some(breakdown) => push_breakdown(out, breakdown),
+        None => out.push_str("null"),
+    }
+    out.push('}');
+}
+
+/// kvm_shadow_stats' `pages` file as `buckets`, its `totals` file as `totals`, with the keys
+/// this tool knows.
+fn push_breakdown(out: &mut String, breakdown: &Breakdown) {
+    out.push_str("{\"buckets\":[");
+    for (index, bucket) in breakdown.buckets().iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let role = bucket.role;
+        out.push_str(&format!(
+            "{{\"level\":{},\"direct\":{},\"guest_mode\":{},\"smm\":{},\"pages\":{},\"allocated\":{},\"zapped\":{},\"bytes\":{}}}",
+            role.level,
+            role.direct,
+            role.guest_mode,
+            role.smm,
+            bucket.pages,
+            bucket.allocated,
+            bucket.zapped,
+            bucket.bytes
+        ));
+    }
+    let totals = &breakdown.totals;
+    out.push_str(&format!(
+        "],\"totals\":{{\"pages\":{},\"peak\":{},\"allocated\":{},\"zapped\":{},\"bytes\":{},\"page_table_bytes\":{}}}}}",
+        totals.pages,
+        totals.peak,
+        totals.allocated,
+        totals.zapped,
+        totals.bytes,
+        totals.page_table_bytes
+    ));
 }
 
 /// Seconds since the epoch, to the millisecond.
@@ -117,7 +155,10 @@ mod tests {
         let vms = top["vms"].as_array().expect("vms is an array");
         let stats: Vec<&str> = FIELDS.iter().map(|field| field.stat).collect();
         for vm in vms {
-            let vm = object(vm, &["pid", "fd", "comm", "guest", "stats"]);
+            let vm = object(vm, &["pid", "fd", "comm", "guest", "stats", "breakdown"]);
+            if !vm["breakdown"].is_null() {
+                check_breakdown(&vm["breakdown"]);
+            }
             assert!(vm["pid"].is_u64() && vm["fd"].is_i64());
             assert!(vm["comm"].is_string() || vm["comm"].is_null());
             assert!(vm["guest"].is_string() || vm["guest"].is_null());
@@ -139,6 +180,54 @@ mod tests {
             assert!(total["per_second"].is_number() || total["per_second"].is_null());
         }
         vms
+    }
+
+    /// Checks a VM's `breakdown` object against the schema: the buckets add up to the totals.
+    fn check_breakdown(breakdown: &Value) {
+        let breakdown = object(breakdown, &["buckets", "totals"]);
+        let totals = object(
+            &breakdown["totals"],
+            &[
+                "pages",
+                "peak",
+                "allocated",
+                "zapped",
+                "bytes",
+                "page_table_bytes",
+            ],
+        );
+        assert!(totals.values().all(Value::is_u64));
+        let mut sums = Map::new();
+        for bucket in breakdown["buckets"]
+            .as_array()
+            .expect("buckets is an array")
+        {
+            let bucket = object(
+                bucket,
+                &[
+                    "level",
+                    "direct",
+                    "guest_mode",
+                    "smm",
+                    "pages",
+                    "allocated",
+                    "zapped",
+                    "bytes",
+                ],
+            );
+            assert!((1..=5).contains(&bucket["level"].as_u64().expect("a level")));
+            for flag in ["direct", "guest_mode", "smm"] {
+                assert!(bucket[flag].is_boolean(), "{flag}");
+            }
+            for key in ["pages", "allocated", "zapped", "bytes"] {
+                let sum = sums.get(key).and_then(Value::as_u64).unwrap_or(0);
+                let value = bucket[key].as_u64().expect("a count");
+                sums.insert(key.to_owned(), Value::from(sum + value));
+            }
+        }
+        for (key, sum) in &sums {
+            assert_eq!(&totals[key], sum, "{key}");
+        }
     }
 
     /// `value` as an object with exactly `keys`.
@@ -171,6 +260,28 @@ mod tests {
         assert_eq!(vms[1]["stats"]["mmu_cache_miss"]["source"], "debugfs");
         assert_eq!(document["total"]["mmu_shadow_pages"]["value"], 1003);
         assert_eq!(document["total"]["mmu_shadow_zapped"]["per_second"], 31.0);
+
+        let breakdown = &vms[0]["breakdown"];
+        assert_eq!(breakdown["buckets"].as_array().map(Vec::len), Some(8));
+        assert_eq!(
+            breakdown["buckets"][0],
+            serde_json::json!({
+                "level": 1, "direct": false, "guest_mode": false, "smm": false,
+                "pages": 600, "allocated": 662, "zapped": 62, "bytes": 4_915_200
+            })
+        );
+        assert_eq!(breakdown["buckets"][6]["direct"], true);
+        assert_eq!(breakdown["buckets"][6]["guest_mode"], true);
+        assert_eq!(breakdown["buckets"][6]["bytes"], 3 * 4096);
+        assert_eq!(breakdown["buckets"][7]["smm"], true);
+        assert_eq!(
+            breakdown["totals"],
+            serde_json::json!({
+                "pages": 1000, "peak": 1100, "allocated": 1062, "zapped": 62,
+                "bytes": 7_352_320, "page_table_bytes": 4_096_000
+            })
+        );
+        assert_eq!(vms[1]["breakdown"], Value::Null);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! Documentation/kvm-shadow-top.rst.
 
 mod args;
+mod breakdown;
 mod collect;
 mod fields;
 mod json;
@@ -24,6 +25,7 @@ use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::thread;
 
+use kvm_stats::breakdown::ShadowStatsDebugfs;
 use kvm_stats::debugfs::KvmDebugfs;
 
 use crate::args::{Command, Format, Options, USAGE};
@@ -74,7 +76,15 @@ impl fmt::Display for RunError {
 
 /// Samples and prints, once or until killed.
 fn run(options: &Options) -> Result<(), RunError> {
-    let collector = Collector::new(KvmDebugfs::default(), "/proc");
+    let mut collector = Collector::new(
+        KvmDebugfs::default(),
+        ShadowStatsDebugfs::default(),
+        "/proc",
+    )
+    .select(options.selection.clone());
+    if options.format == Format::Breakdown {
+        collector = collector.require_breakdown();
+    }
     let mut stdout = io::stdout().lock();
     let live_screen =
         options.format == Format::Table && options.interval.is_some() && stdout.is_terminal();
@@ -96,6 +106,7 @@ fn run(options: &Options) -> Result<(), RunError> {
             Format::Table => table::render(&sample, options.sources),
             Format::Json => json::render(&sample),
             Format::Prometheus => prometheus::render(&sample),
+            Format::Breakdown => breakdown::render(&sample),
         });
         match stdout
             .write_all(text.as_bytes())

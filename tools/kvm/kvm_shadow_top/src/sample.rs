@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
+use kvm_stats::breakdown::{self, Bucket, Pages, Role};
 use kvm_stats::debugfs::VmId;
 
 use crate::fields::{FIELDS, Kind, PAGES};
@@ -51,11 +52,48 @@ pub struct Vm {
     pub readings: PerField<Option<Reading>>,
     /// Change per second since the previous sample, where both have the value.
     pub rates: PerField<Option<f64>>,
+    /// Which shadow pages the VM holds, from kvm_shadow_stats.ko's debugfs directory, if the
+    /// module is loaded and has one for the VM.
+    pub breakdown: Option<Breakdown>,
 }
 
 impl Vm {
     fn pages(&self) -> Option<u64> {
         self.readings[PAGES].map(|reading| reading.value)
+    }
+}
+
+/// A VM's shadow pages by role, from kvm_shadow_stats.ko's debugfs directory:
+/// `Documentation/shadow-page-breakdown.rst`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breakdown {
+    /// The `pages` file: one bucket per role, sorted by `smm`, `guest_mode`, `direct`, `level`.
+    pub pages: Pages,
+    /// The `totals` file, read just after: its `peak` is the `peak` file.
+    pub totals: breakdown::Totals,
+}
+
+impl Breakdown {
+    pub fn buckets(&self) -> &[Bucket] {
+        self.pages.buckets()
+    }
+
+    /// Pages of the buckets whose role `wanted` picks.
+    pub fn pages_where(&self, wanted: impl Fn(&Role) -> bool) -> u64 {
+        self.buckets()
+            .iter()
+            .filter(|bucket| wanted(&bucket.role))
+            .fold(0, |sum, bucket| sum.saturating_add(bucket.pages))
+    }
+
+    /// Pages that no guest page table backs.
+    pub fn direct_pages(&self) -> u64 {
+        self.pages_where(|role| role.direct)
+    }
+
+    /// Pages of L2 guests.
+    pub fn guest_mode_pages(&self) -> u64 {
+        self.pages_where(|role| role.guest_mode)
     }
 }
 
@@ -152,7 +190,43 @@ pub mod fixtures {
             guest: None,
             readings: values.map(|value| value.map(|value| Reading { value, source })),
             rates: [None; FIELDS.len()],
+            breakdown: None,
         }
+    }
+
+    /// The breakdown of a `pages` file, `pages`, as kvm_shadow_stats.ko writes it, with the
+    /// totals it gives and a peak of `peak`.
+    pub fn breakdown(pages: &str, peak: u64) -> Breakdown {
+        let pages = Pages::parse(pages).expect("a pages file as the module writes it");
+        let totals = breakdown::Totals {
+            pages: pages.pages(),
+            peak,
+            allocated: pages.allocated(),
+            zapped: pages.zapped(),
+            bytes: pages.bytes(),
+            page_table_bytes: pages.pages() * 4096,
+            unknown: Vec::new(),
+        };
+        Breakdown { pages, totals }
+    }
+
+    /// The breakdown of [`two_vms`]' busy VM: 1000 pages, of L1 and L2, of every level, 203
+    /// of them direct, one in SMM; 62 zapped since the module attached it.
+    pub fn web_breakdown() -> Breakdown {
+        breakdown(
+            "\
+level direct guest_mode smm pages allocated zapped bytes
+1 0 0 0 600 662 62 4915200
+2 0 0 0 40 40 0 327680
+3 0 0 0 4 4 0 32768
+4 0 0 0 2 2 0 8192
+1 1 0 0 200 200 0 819200
+1 0 1 0 150 150 0 1228800
+4 1 1 0 3 3 0 12288
+1 0 0 1 1 1 0 8192
+",
+            1100,
+        )
     }
 
     /// A second sample of two VMs, one named, taken at a fixed time: the outputs must render it
@@ -165,6 +239,7 @@ pub mod fixtures {
             web.guest = Some("web \"one\", \\ctl\nx".to_owned());
             web
         };
+        // kvm_shadow_stats.ko is loaded, but has no breakdown of this VM.
         let mut idle = vm(77, 9, [Some(3), Some(3), None], Source::Debugfs);
         idle.comm = None;
         let before = Sample::new(
@@ -173,7 +248,8 @@ pub mod fixtures {
             vec![web([Some(1042), Some(90210), Some(89168)]), idle.clone()],
         );
         // 20 pages allocated and 62 zapped in the 2 s between the samples.
-        let after = web([Some(1000), Some(90230), Some(89230)]);
+        let mut after = web([Some(1000), Some(90230), Some(89230)]);
+        after.breakdown = Some(web_breakdown());
         let mut sample = Sample::new(time, start + Duration::from_secs(2), vec![idle, after]);
         sample.set_rates_since(&before);
         sample

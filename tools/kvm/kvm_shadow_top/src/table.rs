@@ -3,22 +3,22 @@
 //! The table for people: one row per VM, busiest first, and a total row.
 
 use crate::fields::FIELDS;
-use crate::sample::{Reading, Sample, Vm};
+use crate::sample::{Breakdown, Reading, Sample, Vm};
 
 /// Shown where there is nothing to show: a value that could not be read, a rate before the
 /// second sample, a process without a guest name.
-const NONE: &str = "-";
+pub const NONE: &str = "-";
 
-enum Align {
+pub enum Align {
     Left,
     Right,
 }
 
-struct Column {
-    heading: &'static str,
-    align: Align,
-    /// One cell per VM, then the total row's.
-    cells: Vec<String>,
+pub struct Column {
+    pub heading: &'static str,
+    pub align: Align,
+    /// One cell per row: here one per VM, then the total row's.
+    pub cells: Vec<String>,
 }
 
 /// The table of `sample`, with a SOURCE column if `sources`.
@@ -74,6 +74,25 @@ pub fn render(sample: &Sample, sources: bool) -> String {
             ));
         }
     }
+    // From kvm_shadow_stats.ko, for the VMs it has a breakdown of.
+    for (heading, value, format) in BREAKDOWN_COLUMNS {
+        let total = sample
+            .vms
+            .iter()
+            .filter_map(|vm| vm.breakdown.as_ref().map(value))
+            .reduce(u64::saturating_add);
+        columns.push(column(
+            heading,
+            Align::Right,
+            sample,
+            |vm| {
+                vm.breakdown
+                    .as_ref()
+                    .map(|breakdown| format(value(breakdown)))
+            },
+            &total.map_or_else(|| NONE.to_owned(), format),
+        ));
+    }
     if sources {
         columns.push(column(
             "SOURCE",
@@ -109,7 +128,7 @@ fn column(
 
 /// A name from another process, which may hold anything, with its control characters replaced
 /// so that it cannot move the cursor or end the row.
-fn name(text: Option<&str>) -> Option<String> {
+pub fn name(text: Option<&str>) -> Option<String> {
     let text = text.filter(|text| !text.is_empty())?;
     Some(
         text.chars()
@@ -118,8 +137,33 @@ fn name(text: Option<&str>) -> Option<String> {
     )
 }
 
+/// A column from a VM's breakdown: heading, value, and how it is shown.
+type BreakdownColumn = (&'static str, fn(&Breakdown) -> u64, fn(u64) -> String);
+
+/// The columns from a VM's breakdown: pages no guest page table backs, pages of L2 guests,
+/// the host memory they hold and the most pages held. The total row adds up the VMs that have
+/// a breakdown: for PEAK an upper bound of the highest total, like the module's `peak` file at
+/// the top.
+const BREAKDOWN_COLUMNS: [BreakdownColumn; 4] = [
+    ("DIRECT", Breakdown::direct_pages, count),
+    ("L2", Breakdown::guest_mode_pages, count),
+    ("MIB", |breakdown| breakdown.totals.bytes, format_mib),
+    ("PEAK", |breakdown| breakdown.totals.peak, count),
+];
+
+fn count(value: u64) -> String {
+    value.to_string()
+}
+
 fn format_rate(rate: f64) -> String {
     format!("{rate:.1}")
+}
+
+/// `bytes` in MiB to one decimal, rounded half up; in integers, so that a script can check it
+/// exactly: `(bytes * 10 + 2^19) / 2^20` tenths.
+pub fn format_mib(bytes: u64) -> String {
+    let tenths = (u128::from(bytes) * 10 + (1 << 19)) >> 20;
+    format!("{}.{}", tenths / 10, tenths % 10)
 }
 
 /// Where a VM's numbers came from: one source if they share it, else each stat's.
@@ -143,7 +187,7 @@ fn sources_of(vm: &Vm) -> String {
 }
 
 /// Pads every column to its widest cell, two spaces apart.
-fn lay_out(columns: &[Column], rows: usize) -> String {
+pub fn lay_out(columns: &[Column], rows: usize) -> String {
     let widths: Vec<usize> = columns
         .iter()
         .map(|column| {
@@ -200,19 +244,52 @@ mod tests {
         assert_eq!(
             render(&fixtures::two_vms(), false),
             lines(&[
-                "  PID  FD  COMM             GUEST              PAGES  PAGES/S  ALLOC/S  ZAP/S",
-                " 4242  11  qemu-system-x86  web \"one\", \\ctl?x   1000    -21.0     10.0   31.0",
-                "   77   9  -                -                      3      0.0      0.0      -",
-                "total                                           1003    -21.0     10.0   31.0",
+                "  PID  FD  COMM             GUEST              PAGES  PAGES/S  ALLOC/S  ZAP/S  DIRECT   L2  MIB  PEAK",
+                " 4242  11  qemu-system-x86  web \"one\", \\ctl?x   1000    -21.0     10.0   31.0     203  153  7.0  1100",
+                "   77   9  -                -                      3      0.0      0.0      -       -    -    -     -",
+                "total                                           1003    -21.0     10.0   31.0     203  153  7.0  1100",
             ])
         );
+    }
+
+    #[test]
+    fn breakdowns_add_up_in_the_total_row() {
+        let mut sample = fixtures::two_vms();
+        sample.vms[1].breakdown = Some(fixtures::breakdown(
+            "level direct guest_mode smm pages allocated zapped bytes\n\
+             1 0 0 0 2 2 0 16384\n\
+             4 0 0 0 1 1 0 4096\n",
+            9,
+        ));
+        let table = render(&sample, false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[2].ends_with("  0    0  0.0     9"), "{table}");
+        assert!(lines[3].ends_with("  203  153  7.0  1109"), "{table}");
+    }
+
+    #[test]
+    fn mib_to_one_decimal_rounded_half_up() {
+        for (bytes, mib) in [
+            (0, "0.0"),
+            (4096, "0.0"),
+            // 0.05 MiB and a byte less.
+            (52_429, "0.1"),
+            (52_428, "0.0"),
+            (1 << 20, "1.0"),
+            (7_352_320, "7.0"),
+            // 2.25 MiB: half up, not to even.
+            (2_359_296, "2.3"),
+            (u64::MAX, "17592186044416.0"),
+        ] {
+            assert_eq!(format_mib(bytes), mib, "{bytes}");
+        }
     }
 
     #[test]
     fn sources_column() {
         let table = render(&fixtures::two_vms(), true);
         let lines: Vec<&str> = table.lines().collect();
-        assert!(lines[0].ends_with("ZAP/S  SOURCE"), "{table}");
+        assert!(lines[0].ends_with("PEAK  SOURCE"), "{table}");
         assert!(lines[1].ends_with("  stats_fd"), "{table}");
         assert!(lines[2].ends_with("  debugfs"), "{table}");
     }
@@ -247,8 +324,8 @@ mod tests {
         assert_eq!(
             render(&sample, false),
             lines(&[
-                "  PID  FD  COMM  GUEST  PAGES  PAGES/S  ALLOC/S  ZAP/S",
-                "total                       0        -        -      -",
+                "  PID  FD  COMM  GUEST  PAGES  PAGES/S  ALLOC/S  ZAP/S  DIRECT  L2  MIB  PEAK",
+                "total                       0        -        -      -       -   -    -     -",
             ])
         );
     }
