@@ -4,9 +4,17 @@
 //! pages (never the TDP MMU's), through the binary stats fd and debugfs, with guests whose page
 //! tables this program builds so that it knows how many shadow pages they need.
 //!
+//! While `kvm_shadow_stats.ko` is loaded, every scenario also checks the module's breakdown of
+//! the shadow pages by role (Documentation/shadow-page-breakdown.rst) after each step: exact
+//! buckets where the test knows its pages, events that explain every change, files that add
+//! up. Those checks are a test of their own, reported after the scenario's and skipped, with
+//! the reason, while the module is not loaded.
+//!
 //! Prints kselftest-style TAP and exits 0 if nothing failed, 1 if something did, 4 if every
 //! scenario was skipped.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
@@ -16,9 +24,14 @@ use std::process::ExitCode;
 
 use kvm_bindings::KVM_CAP_BINARY_STATS_FD;
 use kvm_ioctls::Kvm;
-use kvm_stats::debugfs::KvmDebugfs;
+use kvm_stats::breakdown::{Pages, Role, Scope, ShadowStatsDebugfs};
+use kvm_stats::debugfs::{KvmDebugfs, VmId};
 use kvm_stats::stats::{StatBase, StatKind, StatUnit, Stats};
 use kvm_stats::stats_fd::open_stats;
+use shadow_mmu_stats_selftest::breakdown::{
+    Held, after_oldest_zapped, check_files, check_sum, check_zap, compare_held, found_by_role,
+    needed_by_role, show, show_pages,
+};
 use shadow_mmu_stats_selftest::guest::{TestVm, TouchMapping};
 use shadow_mmu_stats_selftest::host::{self, Paging};
 use shadow_mmu_stats_selftest::kvm_ext::set_nr_mmu_pages;
@@ -27,6 +40,9 @@ use shadow_mmu_stats_selftest::tap::{EXIT_FAIL, Outcome, TapWriter};
 
 /// The stat under test, as named in the binary stats file and in debugfs.
 const STAT: &str = "mmu_shadow_pages";
+
+/// The stat of the pages KVM's page limit made it zap, oldest first.
+const RECYCLED_STAT: &str = "mmu_recycled";
 
 /// The lowest limit `KVM_SET_NR_MMU_PAGES` accepts (`KVM_MIN_ALLOC_MMU_PAGES`).
 const MIN_MMU_PAGES_LIMIT: u64 = 64;
@@ -64,6 +80,145 @@ macro_rules! ensure {
             return Err(NotPassed::Fail(format!($($message)+)));
         }
     };
+}
+
+/// A failure whose reason a check of [`shadow_mmu_stats_selftest::breakdown`] gave.
+fn failed(reason: String) -> NotPassed {
+    NotPassed::Fail(reason)
+}
+
+/// A scenario's checks of the module's breakdown, reported as a test of their own: made while
+/// the module is loaded, skipped while it is not. The first failure stops them, not the
+/// scenario, whose counts go on being checked.
+struct BreakdownChecks {
+    files: ShadowStatsDebugfs,
+    made: usize,
+    failure: Option<String>,
+}
+
+impl BreakdownChecks {
+    fn new(files: ShadowStatsDebugfs) -> Self {
+        Self {
+            files,
+            made: 0,
+            failure: None,
+        }
+    }
+
+    /// Makes `check` on the module's files if the module is loaded and no check failed yet,
+    /// and returns what it gives, or `None` if it was not made or failed.
+    fn run<T>(
+        &mut self,
+        check: impl FnOnce(&ShadowStatsDebugfs) -> Result<T, NotPassed>,
+    ) -> Option<T> {
+        if self.failure.is_some() || !module::is_loaded(MODULE_NAME) {
+            return None;
+        }
+        self.made += 1;
+        match check(&self.files) {
+            Ok(value) => Some(value),
+            Err(NotPassed::Fail(reason) | NotPassed::Skip(reason)) => {
+                self.failure = Some(reason);
+                None
+            }
+        }
+    }
+
+    /// How the checks went, given how the scenario went.
+    fn outcome(&self, scenario: &Outcome) -> Outcome {
+        match (scenario, &self.failure) {
+            (Outcome::Skip(reason), _) => Outcome::Skip(reason.clone()),
+            (_, Some(reason)) => Outcome::Fail(reason.clone()),
+            _ if self.made == 0 => Outcome::Skip(format!(
+                "{MODULE_NAME} is not loaded, so there is no breakdown to check"
+            )),
+            (Outcome::Fail(_), None) => Outcome::Skip(format!(
+                "the scenario failed after {} breakdown checks, before the rest",
+                self.made
+            )),
+            (Outcome::Pass, None) => Outcome::Pass,
+        }
+    }
+}
+
+/// A VM's breakdown as read after a step, before its peak was reset.
+struct Breakdown {
+    pages: Pages,
+    peak: u64,
+}
+
+/// Checks the writes a `peak` file takes: `1` fails with `EINVAL` and changes nothing, `0` sets
+/// the peak to the `held` pages.
+fn check_peak_reset(files: &ShadowStatsDebugfs, scope: Scope, held: u64) -> ScenarioResult {
+    let peak = files.peak(scope)?;
+    match files.write_peak(scope, b"1") {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(error) => return Err(failed(format!("{error}, expected EINVAL for a write of 1"))),
+        Ok(()) => {
+            return Err(failed(format!(
+                "{scope}: a write of 1 to the peak succeeded, expected EINVAL"
+            )));
+        }
+    }
+    let unchanged = files.peak(scope)?;
+    ensure!(
+        unchanged == peak,
+        "{scope}: the peak went from {peak} to {unchanged} on a refused write"
+    );
+    files.reset_peak(scope)?;
+    let reset = files.peak(scope)?;
+    ensure!(
+        reset == held,
+        "{scope}: the peak is {reset} after a write of 0, expected the {held} pages held"
+    );
+    Ok(())
+}
+
+/// The files of all VMs, checked against the files of each VM and KVM's global stat `count`:
+/// every VM KVM lists has a directory and no other does, the buckets are the VMs' added up,
+/// and the peak is the sum of their peaks.
+fn all_vms_breakdown(
+    files: &ShadowStatsDebugfs,
+    debugfs: &KvmDebugfs,
+    count: u64,
+) -> Result<Pages, NotPassed> {
+    let list = |vms: &[VmId]| {
+        let names: Vec<String> = vms.iter().map(VmId::to_string).collect();
+        format!("[{}]", names.join(", "))
+    };
+    let kvm_vms = debugfs.vms()?;
+    let vms = files.vms()?;
+    ensure!(
+        vms == kvm_vms,
+        "{} has directories for VMs {}, {} for VMs {}",
+        files.root().display(),
+        list(&vms),
+        debugfs.root().display(),
+        list(&kvm_vms)
+    );
+    let mut per_vm = Vec::new();
+    let mut peaks = 0u64;
+    for &vm in &vms {
+        per_vm.push(files.pages(Scope::Vm(vm))?);
+        peaks = peaks.saturating_add(files.peak(Scope::Vm(vm))?);
+    }
+    let all = files.pages(Scope::AllVms)?;
+    check_sum(&all, &per_vm).map_err(failed)?;
+    let totals = files.totals(Scope::AllVms)?;
+    let peak = files.peak(Scope::AllVms)?;
+    check_files(
+        &all,
+        &totals,
+        peak,
+        count,
+        &format!("global debugfs {STAT}"),
+    )
+    .map_err(|reason| failed(format!("all VMs: {reason}")))?;
+    ensure!(
+        peak == peaks,
+        "the peak of all VMs is {peak}, the VMs' peaks add up to {peaks}"
+    );
+    Ok(all)
 }
 
 /// What every scenario needs from the machine it runs on.
@@ -141,14 +296,32 @@ impl Host {
         }
     }
 
-    /// The sum over all VMs that debugfs gives, checked against the per-VM files.
-    fn global_stat(&self) -> Result<u64, NotPassed> {
+    /// The sum over all VMs that debugfs gives, checked against the per-VM files, and the
+    /// breakdown of all VMs against the VMs' and the writes its peak takes.
+    fn global_stat(&self, checks: &mut BreakdownChecks) -> Result<u64, NotPassed> {
         let global = sane(self.debugfs.global(STAT)?, "global debugfs")?;
         let sum = self.debugfs.sum_over_vms(STAT)?;
         ensure!(
             global == sum,
             "global debugfs {STAT} is {global}, the per-VM files add up to {sum}"
         );
+        checks.run(|files| {
+            all_vms_breakdown(files, &self.debugfs, global)?;
+            // A reset of all VMs' peak resets each VM's.
+            check_peak_reset(files, Scope::AllVms, global)?;
+            for vm in files.vms()? {
+                let (peak, held) = (
+                    files.peak(Scope::Vm(vm))?,
+                    files.pages(Scope::Vm(vm))?.pages(),
+                );
+                ensure!(
+                    peak == held,
+                    "VM {vm}: the peak is {peak} after a reset of all VMs', expected the {held} \
+                     pages held"
+                );
+            }
+            Ok(())
+        });
         Ok(global)
     }
 
@@ -182,7 +355,7 @@ fn check_shadow_count(count: u64, needed: u64) -> ScenarioResult {
     Ok(())
 }
 
-/// A test VM together with its binary stats file and its debugfs directory.
+/// A test VM together with its binary stats file and its debugfs directories.
 struct ObservedVm {
     // Dropped first: the stats file holds a reference to the VM that would delay its
     // destruction past the drop of `guest`.
@@ -190,10 +363,14 @@ struct ObservedVm {
     guest: TestVm,
     pid: u32,
     vm_fd: RawFd,
+    /// The pages `kvm_shadow_stats` found in the VM when it attached it, by role: none if the
+    /// VM was created while the module was loaded, `None` until read after a load.
+    found: RefCell<Option<BTreeMap<Role, i128>>>,
 }
 
 impl ObservedVm {
     fn new(host: &Host, mapping: TouchMapping, touches: u64) -> Result<Self, NotPassed> {
+        let attached = module::is_loaded(MODULE_NAME);
         let guest = TestVm::new(&host.kvm, mapping, touches)?;
         let stats = open_stats(guest.vm_fd())?;
         let vm_fd = guest.vm_fd().as_raw_fd();
@@ -202,11 +379,88 @@ impl ObservedVm {
             guest,
             pid: std::process::id(),
             vm_fd,
+            found: RefCell::new(attached.then(BTreeMap::new)),
         })
     }
 
+    fn id(&self) -> VmId {
+        VmId {
+            pid: self.pid,
+            fd: self.vm_fd,
+        }
+    }
+
+    /// Forgets the pages found at attach, as the module was loaded or unloaded.
+    fn module_changed(&self) {
+        self.found.replace(None);
+    }
+
+    /// The shadow pages the guest's first run needs, by role.
+    fn needed(&self) -> Held {
+        let large_pages = match self.guest.mapping() {
+            TouchMapping::Small => 0,
+            TouchMapping::Large => self.guest.touches(),
+        };
+        needed_by_role(self.guest.guest_table_levels(), large_pages)
+    }
+
     /// The VM's stat, read through the stats fd and checked against its debugfs file.
-    fn stat(&self, host: &Host) -> Result<u64, NotPassed> {
+    fn stat(&self, host: &Host, checks: &mut BreakdownChecks) -> Result<u64, NotPassed> {
+        Ok(self.observe(host, checks)?.0)
+    }
+
+    /// The VM's stat, as [`Self::stat`] reads it, and while the module is loaded its breakdown,
+    /// checked after the step: see [`Self::check_breakdown`].
+    fn observe(
+        &self,
+        host: &Host,
+        checks: &mut BreakdownChecks,
+    ) -> Result<(u64, Option<Breakdown>), NotPassed> {
+        let count = self.read_stat(host)?;
+        let breakdown = checks.run(|files| self.check_breakdown(host, files, count));
+        Ok((count, breakdown))
+    }
+
+    /// Reads and checks the VM's breakdown after a step in which the VM came to hold `count`
+    /// pages: the buckets add up to the count and to `totals`, events explain every change
+    /// since the module attached the VM, the peak takes a reset, and the files of all VMs
+    /// still add up.
+    fn check_breakdown(
+        &self,
+        host: &Host,
+        files: &ShadowStatsDebugfs,
+        count: u64,
+    ) -> Result<Breakdown, NotPassed> {
+        let (id, scope) = (self.id(), Scope::Vm(self.id()));
+        ensure!(
+            files.dir(scope).is_dir(),
+            "VM {id} has no directory in {} while {MODULE_NAME} is loaded",
+            files.root().display()
+        );
+        let pages = files.pages(scope)?;
+        let totals = files.totals(scope)?;
+        let peak = files.peak(scope)?;
+        check_files(&pages, &totals, peak, count, STAT)
+            .map_err(|reason| failed(format!("VM {id}: {reason}")))?;
+        let found = found_by_role(&pages);
+        let mut known = self.found.borrow_mut();
+        match &*known {
+            None => *known = Some(found),
+            Some(before) => ensure!(
+                *before == found,
+                "VM {id}: pages + zapped - allocated, the pages found when the module attached \
+                 the VM, went from {} to {} by role: {}",
+                show(before),
+                show(&found),
+                show_pages(&pages)
+            ),
+        }
+        check_peak_reset(files, scope, count)?;
+        all_vms_breakdown(files, &host.debugfs, host.debugfs.global(STAT)?)?;
+        Ok(Breakdown { pages, peak })
+    }
+
+    fn read_stat(&self, host: &Host) -> Result<u64, NotPassed> {
         host.check_kernel_log()?;
         let from_fd = sane(self.stats.read_single(STAT)?, "the stats fd")?;
         let from_debugfs = sane(
@@ -220,22 +474,58 @@ impl ObservedVm {
         Ok(from_fd)
     }
 
-    /// Checks the stat after a run against what the MMU in use must have counted: a shadow
-    /// page per guest page table walked, or nothing at all for the TDP MMU.
-    fn check_after_run(&self, host: &Host, paging: Paging) -> Result<u64, NotPassed> {
-        let count = self.stat(host)?;
+    /// Checks the stat after the guest's first run against what the MMU in use must have
+    /// counted: a shadow page per guest page table walked and per 2 MiB guest page, or nothing
+    /// at all for the TDP MMU; and the breakdown, which must hold exactly those pages in their
+    /// buckets, none of them zapped on the way.
+    fn check_after_run(
+        &self,
+        host: &Host,
+        paging: Paging,
+        checks: &mut BreakdownChecks,
+    ) -> Result<(u64, Option<Breakdown>), NotPassed> {
+        let (count, breakdown) = self.observe(host, checks)?;
+        let needed = match paging {
+            Paging::Shadow => self.needed(),
+            Paging::TdpMmu => Held::new(),
+        };
         match paging {
-            Paging::Shadow => check_shadow_count(count, self.guest.guest_table_pages())?,
+            Paging::Shadow => check_shadow_count(count, needed.values().sum())?,
             Paging::TdpMmu => ensure!(count == 0, "{STAT} is {count} under the TDP MMU"),
         }
-        Ok(count)
+        if let Some(Breakdown { pages, .. }) = &breakdown {
+            checks.run(|_| {
+                let id = self.id();
+                compare_held(&format!("VM {id}"), &needed, &pages.held()).map_err(failed)?;
+                ensure!(
+                    pages.zapped() == 0,
+                    "VM {id}: {} pages zapped in a run that builds each page once: {}",
+                    pages.zapped(),
+                    show_pages(pages)
+                );
+                if paging == Paging::TdpMmu {
+                    ensure!(
+                        pages.buckets().is_empty(),
+                        "VM {id}: the TDP MMU's pages are not shadow pages, yet the breakdown \
+                         lists {}",
+                        show_pages(pages)
+                    );
+                }
+                Ok(())
+            });
+        }
+        Ok((count, breakdown))
     }
 }
 
-/// Notes a scenario makes along the way, printed as TAP diagnostics whatever the outcome.
-type Notes = Vec<String>;
+/// What a scenario leaves besides its outcome: notes, printed as TAP diagnostics whatever the
+/// outcome, and its breakdown checks, reported as a test of their own.
+struct Record {
+    notes: Vec<String>,
+    breakdown: BreakdownChecks,
+}
 
-fn shadow_paging(host: &Host, notes: &mut Notes) -> ScenarioResult {
+fn shadow_paging(host: &Host, record: &mut Record) -> ScenarioResult {
     host.require(Paging::Shadow)?;
     ensure!(
         host.vm_count()? == 0,
@@ -243,12 +533,13 @@ fn shadow_paging(host: &Host, notes: &mut Notes) -> ScenarioResult {
     );
     let mut vm = ObservedVm::new(host, TouchMapping::Small, 48)?;
     vm.guest.run()?;
-    let count = vm.check_after_run(host, Paging::Shadow)?;
-    notes.push(format!(
-        "{} guest page tables walked, {STAT} {count}",
-        vm.guest.guest_table_pages()
+    let (count, _) = vm.check_after_run(host, Paging::Shadow, &mut record.breakdown)?;
+    record.notes.push(format!(
+        "{} guest page tables walked, {STAT} {count}; needed by role: {}",
+        vm.guest.guest_table_pages(),
+        show(&vm.needed())
     ));
-    let global = host.global_stat()?;
+    let global = host.global_stat(&mut record.breakdown)?;
     ensure!(
         global == count,
         "global debugfs {STAT} is {global}, the only VM has {count}"
@@ -256,76 +547,164 @@ fn shadow_paging(host: &Host, notes: &mut Notes) -> ScenarioResult {
     Ok(())
 }
 
-fn tdp_mmu(host: &Host, notes: &mut Notes) -> ScenarioResult {
+fn tdp_mmu(host: &Host, record: &mut Record) -> ScenarioResult {
     host.require(Paging::TdpMmu)?;
     let mut vm = ObservedVm::new(host, TouchMapping::Small, 48)?;
     // Several runs, each checked, as the TDP MMU keeps its pages across runs.
     for _ in 0..3 {
         vm.guest.run()?;
-        vm.check_after_run(host, Paging::TdpMmu)?;
+        vm.check_after_run(host, Paging::TdpMmu, &mut record.breakdown)?;
     }
-    let global = host.global_stat()?;
+    let global = host.global_stat(&mut record.breakdown)?;
     ensure!(global == 0, "global debugfs {STAT} is {global}");
-    notes.push(format!("{STAT} stayed 0 over 3 runs"));
+    record.notes.push(format!("{STAT} stayed 0 over 3 runs"));
     Ok(())
 }
 
-fn direct_pages(host: &Host, notes: &mut Notes) -> ScenarioResult {
+fn direct_pages(host: &Host, record: &mut Record) -> ScenarioResult {
     host.require(Paging::Shadow)?;
     let large_pages = 12;
     let mut vm = ObservedVm::new(host, TouchMapping::Large, large_pages)?;
     vm.guest.run()?;
-    let count = vm.stat(host)?;
-    let tables = vm.guest.guest_table_pages();
-    // Each 2 MiB guest page backed by 4 KiB host pages needs a direct shadow page of its own,
-    // besides the shadows of the guest's tables.
-    check_shadow_count(count, tables + large_pages)?;
-    notes.push(format!(
-        "{tables} guest page tables and {large_pages} 2 MiB pages walked, {STAT} {count}"
+    // Each 2 MiB guest page backed by 4 KiB host pages needs a direct level-1 shadow page of
+    // its own, besides the shadows of the guest's tables.
+    let (count, _) = vm.check_after_run(host, Paging::Shadow, &mut record.breakdown)?;
+    record.notes.push(format!(
+        "{} guest page tables and {large_pages} 2 MiB pages walked, {STAT} {count}; needed by \
+         role: {}",
+        vm.guest.guest_table_pages(),
+        show(&vm.needed())
     ));
     Ok(())
 }
 
-fn limits_and_zaps(host: &Host, notes: &mut Notes) -> ScenarioResult {
+/// Checks the breakdown after a step that only zapped: `zap` says what zapped, `lost` how many
+/// pages the VM lost, `recycled`, for a zap by the page limit, how far KVM's `mmu_recycled`
+/// moved, which counts the pages that limit made KVM zap.
+fn check_zap_step(
+    zap: &str,
+    before: &Breakdown,
+    after: &Breakdown,
+    lost: u64,
+    recycled: Option<u64>,
+) -> ScenarioResult {
+    check_zap(&before.pages, &after.pages, lost)
+        .map_err(|reason| failed(format!("{zap}: {reason}")))?;
+    if let Some(recycled) = recycled {
+        let zapped = i128::from(after.pages.zapped()) - i128::from(before.pages.zapped());
+        ensure!(
+            zapped == i128::from(recycled),
+            "{zap}: the zapped columns grew by {zapped}, KVM's {RECYCLED_STAT} by {recycled}"
+        );
+    }
+    // The peak, reset to the pages held before the step, stays there: a zap allocates nothing.
+    let held_before = before.pages.pages();
+    ensure!(
+        after.peak == held_before,
+        "{zap}: the peak is {}, expected the {held_before} pages held before",
+        after.peak
+    );
+    Ok(())
+}
+
+fn limits_and_zaps(host: &Host, record: &mut Record) -> ScenarioResult {
     host.require(Paging::Shadow)?;
+    let checks = &mut record.breakdown;
     let mut vm = ObservedVm::new(host, TouchMapping::Small, 160)?;
     vm.guest.run()?;
-    let unlimited = vm.check_after_run(host, Paging::Shadow)?;
+    let (unlimited, ran) = vm.check_after_run(host, Paging::Shadow, checks)?;
     ensure!(
         unlimited > MIN_MMU_PAGES_LIMIT,
         "{STAT} is {unlimited}, too few for a limit of {MIN_MMU_PAGES_LIMIT} to matter"
     );
 
+    let recycled_before = vm.stats.read_single(RECYCLED_STAT)?;
     set_nr_mmu_pages(vm.guest.vm_fd(), MIN_MMU_PAGES_LIMIT)?;
-    let limited = vm.stat(host)?;
+    let (limited, after_limit) = vm.observe(host, checks)?;
     ensure!(
         limited <= MIN_MMU_PAGES_LIMIT,
         "{STAT} is {limited} after KVM_SET_NR_MMU_PAGES {MIN_MMU_PAGES_LIMIT}"
     );
+    let recycled_by_limit = vm.stats.read_single(RECYCLED_STAT)? - recycled_before;
+    if let (Some(before), Some(after)) = (&ran, &after_limit) {
+        checks.run(|_| {
+            let zap = format!("KVM_SET_NR_MMU_PAGES {MIN_MMU_PAGES_LIMIT}");
+            check_zap_step(
+                &zap,
+                before,
+                after,
+                unlimited - limited,
+                Some(recycled_by_limit),
+            )?;
+            // The oldest pages go first, but never the root the vCPU uses.
+            let expected = after_oldest_zapped(vm.guest.guest_table_levels(), unlimited - limited);
+            compare_held(
+                &format!("{zap}, which zaps the oldest pages but the root"),
+                &expected,
+                &after.pages.held(),
+            )
+            .map_err(failed)
+        });
+    }
 
     // The guest needs more shadow pages than the limit allows, so KVM must recycle them.
+    let recycled_before = vm.stats.read_single(RECYCLED_STAT)?;
     vm.guest.run()?;
-    let rerun = vm.stat(host)?;
+    let (rerun, after_rerun) = vm.observe(host, checks)?;
     ensure!(
         rerun <= MIN_MMU_PAGES_LIMIT,
         "{STAT} is {rerun} after a run limited to {MIN_MMU_PAGES_LIMIT}"
     );
+    let recycled_by_run = vm.stats.read_single(RECYCLED_STAT)? - recycled_before;
+    if let (Some(before), Some(after)) = (&after_limit, &after_rerun) {
+        checks.run(|_| {
+            // Each change of a bucket is its own allocations and zaps, as observe() checks.
+            let zapped = i128::from(after.pages.zapped()) - i128::from(before.pages.zapped());
+            ensure!(
+                zapped == i128::from(recycled_by_run),
+                "a run limited to {MIN_MMU_PAGES_LIMIT}: the zapped columns grew by {zapped}, \
+                 KVM's {RECYCLED_STAT} by {recycled_by_run}"
+            );
+            Ok(())
+        });
+    }
 
     vm.guest.delete_memory()?;
-    let deleted = vm.stat(host)?;
+    let (deleted, after_delete) = vm.observe(host, checks)?;
     ensure!(
         deleted < rerun && deleted <= ROOTS_ONE_VCPU_MAY_HOLD,
         "{STAT} is {deleted} after deleting the memslot, was {rerun}"
     );
-    notes.push(format!(
+    if let (Some(before), Some(after)) = (&after_rerun, &after_delete) {
+        checks.run(|_| {
+            // Not the page limit's: the memslot's pages go, not the oldest.
+            check_zap_step("deleting the memslot", before, after, rerun - deleted, None)?;
+            let roots = Held::from([(Role::indirect(4), deleted)]);
+            compare_held(
+                "after deleting the memslot, only the roots the vCPU holds stay",
+                &roots,
+                &after.pages.held(),
+            )
+            .map_err(failed)
+        });
+    }
+    record.notes.push(format!(
         "{STAT}: {unlimited} unlimited, {limited} after the limit, {rerun} after a limited run, \
          {deleted} after deleting the memslot"
     ));
+    if let (Some(ran), Some(limit)) = (&ran, &after_limit) {
+        record.notes.push(format!(
+            "breakdown: {} unlimited, {} after the limit",
+            show(&ran.pages.held()),
+            show(&limit.pages.held())
+        ));
+    }
     Ok(())
 }
 
-fn two_vms(host: &Host, notes: &mut Notes) -> ScenarioResult {
+fn two_vms(host: &Host, record: &mut Record) -> ScenarioResult {
     let paging = host.paging()?;
+    let checks = &mut record.breakdown;
     ensure!(
         host.vm_count()? == 0,
         "another VM exists, so the global sum cannot be compared"
@@ -334,7 +713,7 @@ fn two_vms(host: &Host, notes: &mut Notes) -> ScenarioResult {
     let mut second = ObservedVm::new(host, TouchMapping::Small, 8)?;
     ensure!(host.vm_count()? == 2, "debugfs does not show both VMs");
     for (which, vm) in [("first", &first), ("second", &second)] {
-        let count = vm.stat(host)?;
+        let count = vm.stat(host, checks)?;
         ensure!(
             count == 0,
             "{STAT} of the {which} VM is {count} before it ran"
@@ -342,50 +721,51 @@ fn two_vms(host: &Host, notes: &mut Notes) -> ScenarioResult {
     }
 
     first.guest.run()?;
-    let first_count = first.check_after_run(host, paging)?;
-    let idle = second.stat(host)?;
+    let (first_count, _) = first.check_after_run(host, paging, checks)?;
+    let idle = second.stat(host, checks)?;
     ensure!(
         idle == 0,
         "{STAT} of the idle VM is {idle} after the other VM ran"
     );
-    let global = host.global_stat()?;
+    let global = host.global_stat(checks)?;
     ensure!(
         global == first_count,
         "global debugfs {STAT} is {global}, the VMs have {first_count} and 0"
     );
 
     second.guest.run()?;
-    let second_count = second.check_after_run(host, paging)?;
-    let first_again = first.stat(host)?;
+    let (second_count, _) = second.check_after_run(host, paging, checks)?;
+    let first_again = first.stat(host, checks)?;
     ensure!(
         first_again == first_count,
         "{STAT} of the first VM went from {first_count} to {first_again} when the other VM ran"
     );
-    let global = host.global_stat()?;
+    let global = host.global_stat(checks)?;
     ensure!(
         global == first_count + second_count,
         "global debugfs {STAT} is {global}, the VMs have {first_count} and {second_count}"
     );
-    notes.push(format!(
+    record.notes.push(format!(
         "{STAT}: {first_count} and {second_count}, global {global}"
     ));
     Ok(())
 }
 
-fn teardown(host: &Host, notes: &mut Notes) -> ScenarioResult {
+fn teardown(host: &Host, record: &mut Record) -> ScenarioResult {
     let paging = host.paging()?;
-    let global_before = host.global_stat()?;
+    let checks = &mut record.breakdown;
+    let global_before = host.global_stat(checks)?;
     let vms_before = host.vm_count()?;
     let mut vm = ObservedVm::new(host, TouchMapping::Small, 32)?;
-    let dir = host.debugfs.vm_dir(vm.pid, vm.vm_fd);
+    let (id, dir) = (vm.id(), host.debugfs.vm_dir(vm.pid, vm.vm_fd));
     ensure!(
         dir.is_dir(),
         "{} missing while the VM exists",
         dir.display()
     );
     vm.guest.run()?;
-    let count = vm.check_after_run(host, paging)?;
-    let global = host.global_stat()?;
+    let (count, _) = vm.check_after_run(host, paging, checks)?;
+    let global = host.global_stat(checks)?;
     ensure!(
         global == global_before + count,
         "global debugfs {STAT} is {global}, expected {global_before} + {count}"
@@ -397,23 +777,33 @@ fn teardown(host: &Host, notes: &mut Notes) -> ScenarioResult {
         "{} still exists after the VM was destroyed",
         dir.display()
     );
+    checks.run(|files| {
+        let dir = files.dir(Scope::Vm(id));
+        ensure!(
+            !dir.exists(),
+            "{} still exists after the VM was destroyed",
+            dir.display()
+        );
+        Ok(())
+    });
     let vms_after = host.vm_count()?;
     ensure!(
         vms_after == vms_before,
         "debugfs shows {vms_after} VMs after teardown, {vms_before} before"
     );
-    let global_after = host.global_stat()?;
+    // Checks the files of all VMs, which no longer count the VM, against the global stat.
+    let global_after = host.global_stat(checks)?;
     ensure!(
         global_after == global_before,
         "global debugfs {STAT} is {global_after} after teardown, {global_before} before"
     );
-    notes.push(format!(
+    record.notes.push(format!(
         "global {STAT}: {global_before}, {global} with the VM, {global_after} after"
     ));
     Ok(())
 }
 
-fn descriptor(host: &Host, notes: &mut Notes) -> ScenarioResult {
+fn descriptor(host: &Host, record: &mut Record) -> ScenarioResult {
     let mut vm = ObservedVm::new(host, TouchMapping::Small, 16)?;
     vm.guest.run()?;
     let descriptor = vm.stats.descriptor(STAT)?;
@@ -433,14 +823,16 @@ fn descriptor(host: &Host, notes: &mut Notes) -> ScenarioResult {
             && descriptor.size == 1,
         "{STAT} is described as {described}, not Instant, unit None, base Pow10, exponent 0, size 1"
     );
-    // `stat` compares the stats fd with debugfs.
-    let count = vm.stat(host)?;
-    notes.push(format!("{STAT}: {described}; value {count}"));
+    // `stat` compares the stats fd with debugfs, and the breakdown with both.
+    let count = vm.stat(host, &mut record.breakdown)?;
+    record
+        .notes
+        .push(format!("{STAT}: {described}; value {count}"));
     Ok(())
 }
 
 /// One step of [`handover`]'s workload.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Run,
     LimitTo(u64),
@@ -450,7 +842,8 @@ enum Step {
 }
 
 /// The workload of [`handover`]: the module changes hands with shadow pages built, after a zap by
-/// the page limit, and before a zap by memslot deletion.
+/// the page limit, before a zap by memslot deletion, and after it, when the VM holds only the
+/// root its vCPU still uses, which the zap took from the VM's pages but KVM still counts.
 const HANDOVER_STEPS: &[Step] = &[
     Step::Run,
     Step::ToggleModule,
@@ -460,7 +853,12 @@ const HANDOVER_STEPS: &[Step] = &[
     Step::ToggleModule,
     Step::DeleteMemory,
     Step::ToggleModule,
+    Step::ToggleModule,
+    Step::ToggleModule,
 ];
+
+/// Touches of each of [`handover`]'s VMs.
+const HANDOVER_TOUCHES: u64 = 160;
 
 fn toggle_module(path: &std::path::Path) -> ScenarioResult {
     if module::is_loaded(MODULE_NAME) {
@@ -514,9 +912,90 @@ impl Drop for ModuleRestorer<'_> {
     }
 }
 
+/// Runs [`HANDOVER_STEPS`] on two twin VMs created while the module is loaded, which it stays
+/// for all their steps, and returns the pages by role they hold after each step: what the VMs
+/// that run the same steps while the module comes and goes must hold whenever it is loaded.
+/// The twins count as KVM alone counted (`counts`), agree with each other, and after their
+/// first run hold what their page tables need.
+fn handover_twins(
+    host: &Host,
+    checks: &mut BreakdownChecks,
+    counts: &[u64],
+) -> Result<Vec<Option<Held>>, NotPassed> {
+    let mut twins = [
+        ObservedVm::new(host, TouchMapping::Small, HANDOVER_TOUCHES)?,
+        ObservedVm::new(host, TouchMapping::Small, HANDOVER_TOUCHES)?,
+    ];
+    let needed = twins[0].needed();
+    let mut held_after = Vec::new();
+    for (i, (&step, &want)) in HANDOVER_STEPS.iter().zip(counts).enumerate() {
+        let mut held = Vec::new();
+        for (which, twin) in twins.iter_mut().enumerate() {
+            // The module stays loaded: a toggle is no step for the twins.
+            run_step(twin, step)?;
+            let (count, breakdown) = twin.observe(host, checks)?;
+            ensure!(
+                count == want,
+                "step {i} ({step:?}), twin {which} under {MODULE_NAME}: {STAT} is {count}, \
+                 {want} with KVM alone in charge"
+            );
+            held.push(breakdown.map(|breakdown| breakdown.pages.held()));
+        }
+        if let [Some(first), Some(second)] = &held[..] {
+            checks.run(|_| {
+                compare_held(
+                    &format!("step {i} ({step:?}), twin 1 against twin 0"),
+                    first,
+                    second,
+                )
+                .map_err(failed)?;
+                if i == 0 {
+                    compare_held("the twins' first run", &needed, first).map_err(failed)?;
+                }
+                Ok(())
+            });
+        }
+        held_after.push(held.swap_remove(0));
+    }
+    Ok(held_after)
+}
+
+/// Checks a VM's breakdown right after `insmod`, before any event: every page the VM holds
+/// adopted, in the buckets its `twin` holds them in, none allocated or zapped yet, the peak at
+/// the pages found.
+fn check_adopted(
+    files: &ShadowStatsDebugfs,
+    vm: &ObservedVm,
+    twin: &Held,
+    what: &str,
+) -> ScenarioResult {
+    let scope = Scope::Vm(vm.id());
+    let pages = files.pages(scope)?;
+    compare_held(
+        &format!("{what}, right after insmod, against its twin"),
+        twin,
+        &pages.held(),
+    )
+    .map_err(failed)?;
+    ensure!(
+        pages.allocated() == 0 && pages.zapped() == 0,
+        "{what}, right after insmod: events before any: {}",
+        show_pages(&pages)
+    );
+    let peak = files.peak(scope)?;
+    ensure!(
+        peak == pages.pages(),
+        "{what}, right after insmod: the peak is {peak}, the pages found {}",
+        pages.pages()
+    );
+    Ok(())
+}
+
 /// The module takes the accounting over and hands it back while two VMs hold shadow pages, and
-/// after every step both count exactly what a VM counted with KVM alone in charge.
-fn handover(host: &Host, notes: &mut Notes) -> ScenarioResult {
+/// after every step both count exactly what a VM counted with KVM alone in charge; right
+/// after each load, and after each step while loaded, both hold the pages by role that a twin
+/// under the module all along holds.
+fn handover(host: &Host, record: &mut Record) -> ScenarioResult {
     host.require(Paging::Shadow)?;
     let Some(path) = std::env::var_os(MODULE_ENV).map(std::path::PathBuf::from) else {
         return Err(NotPassed::Skip(format!(
@@ -524,17 +1003,21 @@ fn handover(host: &Host, notes: &mut Notes) -> ScenarioResult {
         )));
     };
     let _restore = ModuleRestorer::new(&path)?;
+    let checks = &mut record.breakdown;
 
     // Two identical VMs in lock-step: their agreement is what makes the counts a reference.
     let mut references = [
-        ObservedVm::new(host, TouchMapping::Small, 160)?,
-        ObservedVm::new(host, TouchMapping::Small, 160)?,
+        ObservedVm::new(host, TouchMapping::Small, HANDOVER_TOUCHES)?,
+        ObservedVm::new(host, TouchMapping::Small, HANDOVER_TOUCHES)?,
     ];
     let mut expected = Vec::new();
     for &step in HANDOVER_STEPS {
         run_step(&mut references[0], step)?;
         run_step(&mut references[1], step)?;
-        let (first, second) = (references[0].stat(host)?, references[1].stat(host)?);
+        let (first, second) = (
+            references[0].stat(host, checks)?,
+            references[1].stat(host, checks)?,
+        );
         ensure!(
             first == second,
             "step {step:?}: identical reference VMs have {first} and {second} shadow pages"
@@ -543,67 +1026,125 @@ fn handover(host: &Host, notes: &mut Notes) -> ScenarioResult {
     }
     drop(references);
 
+    toggle_module(&path)?;
+    let twins = handover_twins(host, checks, &expected)?;
+    toggle_module(&path)?;
+
     let mut vms = [
-        ObservedVm::new(host, TouchMapping::Small, 160)?,
-        ObservedVm::new(host, TouchMapping::Small, 160)?,
+        ObservedVm::new(host, TouchMapping::Small, HANDOVER_TOUCHES)?,
+        ObservedVm::new(host, TouchMapping::Small, HANDOVER_TOUCHES)?,
     ];
-    for (i, (&step, &want)) in HANDOVER_STEPS.iter().zip(&expected).enumerate() {
-        if let Step::ToggleModule = step {
+    let mut adopted = Vec::new();
+    for (i, ((&step, &want), twin)) in HANDOVER_STEPS.iter().zip(&expected).zip(&twins).enumerate()
+    {
+        if step == Step::ToggleModule {
             toggle_module(&path)?;
+            for vm in &vms {
+                vm.module_changed();
+            }
+            let loaded = module::is_loaded(MODULE_NAME);
+            ensure!(
+                loaded == checks.files.is_present(),
+                "{} is {} while {MODULE_NAME} is {}",
+                checks.files.root().display(),
+                if loaded { "missing" } else { "still there" },
+                if loaded { "loaded" } else { "unloaded" }
+            );
         }
+        let just_loaded = step == Step::ToggleModule && module::is_loaded(MODULE_NAME);
         for (which, vm) in vms.iter_mut().enumerate() {
             run_step(vm, step)?;
-            let count = vm.stat(host)?;
+            let what = format!("step {i} ({step:?}), VM {which}");
+            if let (true, Some(twin)) = (just_loaded, twin) {
+                // Before observe(), which resets the peak.
+                if checks
+                    .run(|files| check_adopted(files, vm, twin, &what))
+                    .is_some()
+                {
+                    adopted.push(show(twin));
+                }
+            }
+            let (count, breakdown) = vm.observe(host, checks)?;
             ensure!(
                 count == want,
-                "step {i} ({step:?}), VM {which}: {STAT} is {count}, {want} with KVM alone in charge"
+                "{what}: {STAT} is {count}, {want} with KVM alone in charge"
             );
+            if let (Some(breakdown), Some(twin)) = (breakdown, twin) {
+                checks.run(|_| {
+                    compare_held(
+                        &format!("{what}, against its twin"),
+                        twin,
+                        &breakdown.pages.held(),
+                    )
+                    .map_err(failed)
+                });
+            }
         }
     }
     ensure!(
         !module::is_loaded(MODULE_NAME),
         "{MODULE_NAME} is still loaded after an even number of toggles"
     );
-    notes.push(format!("{STAT} after each step: {expected:?}"));
+    record
+        .notes
+        .push(format!("{STAT} after each step: {expected:?}"));
+    adopted.dedup();
+    for held in adopted {
+        record
+            .notes
+            .push(format!("adopted at an insmod, as by a twin: {held}"));
+    }
     Ok(())
 }
 
-type Scenario = fn(&Host, &mut Notes) -> ScenarioResult;
+type Scenario = fn(&Host, &mut Record) -> ScenarioResult;
 
-const SCENARIOS: &[(&str, Scenario)] = &[
+/// Each scenario, with the name of its test and that of its breakdown checks.
+const SCENARIOS: &[(&str, &str, Scenario)] = &[
     (
         "shadow paging: the stat counts the guest page tables walked",
+        "shadow paging, breakdown: one indirect L1 non-SMM page per guest page table, at its level",
         shadow_paging,
     ),
-    ("TDP MMU: the stat stays 0", tdp_mmu),
+    (
+        "TDP MMU: the stat stays 0",
+        "TDP MMU, breakdown: no bucket at all",
+        tdp_mmu,
+    ),
     (
         "direct pages: 2 MiB guest pages on 4 KiB host pages are counted",
+        "direct pages, breakdown: one direct level-1 page per 2 MiB guest page",
         direct_pages,
     ),
     (
         "limits and zaps: KVM_SET_NR_MMU_PAGES and memslot deletion lower the stat",
+        "limits and zaps, breakdown: each zap takes from the buckets whose zapped column grows",
         limits_and_zaps,
     ),
     (
         "hand-over: loading and unloading the module with VMs holding shadow pages loses nothing",
+        "hand-over, breakdown: the pages at insmod are adopted into the buckets of a twin under the module",
         handover,
     ),
     (
         "two VMs: each VM's stat is its own and debugfs adds them up",
+        "two VMs, breakdown: each VM's buckets are its own and the files of all VMs add them up",
         two_vms,
     ),
     (
         "teardown: a destroyed VM leaves debugfs and the global sum",
+        "teardown, breakdown: a destroyed VM's directory goes and the files of all VMs drop it",
         teardown,
     ),
     (
         "descriptor: the stat is an instant unitless count equal to debugfs",
+        "descriptor, breakdown: buckets, totals and peak agree with the stat",
         descriptor,
     ),
 ];
 
 fn run_scenarios(out: impl io::Write) -> io::Result<u8> {
-    let mut tap = TapWriter::new(out, SCENARIOS.len())?;
+    let mut tap = TapWriter::new(out, 2 * SCENARIOS.len())?;
     let host = Host::probe();
     if let Ok(host) = &host {
         tap.diagnostic(match &host.paging {
@@ -611,20 +1152,24 @@ fn run_scenarios(out: impl io::Write) -> io::Result<u8> {
             Err(reason) => reason.clone(),
         })?;
     }
-    for (name, scenario) in SCENARIOS {
-        let mut notes = Notes::new();
+    for (name, breakdown_name, scenario) in SCENARIOS {
+        let mut record = Record {
+            notes: Vec::new(),
+            breakdown: BreakdownChecks::new(ShadowStatsDebugfs::default()),
+        };
         let outcome = match &host {
             Err(reason) => Outcome::Skip(reason.clone()),
-            Ok(host) => match scenario(host, &mut notes) {
+            Ok(host) => match scenario(host, &mut record) {
                 Ok(()) => Outcome::Pass,
                 Err(NotPassed::Fail(reason)) => Outcome::Fail(reason),
                 Err(NotPassed::Skip(reason)) => Outcome::Skip(reason),
             },
         };
-        for note in &notes {
+        for note in &record.notes {
             tap.diagnostic(note)?;
         }
         tap.report(name, &outcome)?;
+        tap.report(breakdown_name, &record.breakdown.outcome(&outcome))?;
     }
     tap.finish()
 }
