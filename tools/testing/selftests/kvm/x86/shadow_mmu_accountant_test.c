@@ -633,6 +633,28 @@ static enum breakdown_state breakdown_state(struct fault_sweep *sweep,
 }
 
 /*
+ * With the module gone, nothing of it may be left in debugfs: neither its
+ * directory nor, in the debugfs root, files of its that a failed directory
+ * left without a parent and that no one would remove.
+ */
+static void assert_no_breakdown_left(unsigned int nth, const char *when)
+{
+	static const char * const files[] = { "pages", "totals", "peak" };
+	char path[PATH_MAX];
+	int i;
+
+	TEST_ASSERT(access(BREAKDOWN_DEBUGFS, F_OK),
+		    "Allocation %u failing, %s: %s exists with %s unloaded",
+		    nth, when, BREAKDOWN_DEBUGFS, MODULE_NAME);
+	for (i = 0; i < ARRAY_SIZE(files); i++) {
+		snprintf(path, sizeof(path), FAULT_DEBUGFS "/%s", files[i]);
+		TEST_ASSERT(access(path, F_OK),
+			    "Allocation %u failing, %s: %s exists, a breakdown file outside %s, left for anyone to open into the unloaded module",
+			    nth, when, path, BREAKDOWN_DEBUGFS);
+	}
+}
+
+/*
  * Loads the module with the @nth allocation failing: the load must fail with
  * ENOMEM and leave nothing loaded, or succeed, and whoever is in charge
  * afterwards must count exactly.  A module that could not allocate the VM's
@@ -664,6 +686,7 @@ static bool faulted_load(struct fault_sweep *sweep, unsigned int nth)
 				  report, sizeof(report)))
 			sweep->nr_init_failed++;
 		sweep->nr_failed++;
+		assert_no_breakdown_left(nth, "after the failed load");
 	} else {
 		TEST_ASSERT(module_loaded(),
 			    "Allocation %u failing: the load succeeded, but %s is not loaded",
@@ -681,6 +704,7 @@ static bool faulted_load(struct fault_sweep *sweep, unsigned int nth)
 		assert_zap_and_regrow(sweep->vcpu, sweep->expected, nth,
 				      "with the module loaded");
 		toggle_module(sweep->module);
+		assert_no_breakdown_left(nth, "after unloading the loaded module");
 		if (!left)
 			sweep->nr_loaded++;
 	}
