@@ -256,7 +256,8 @@ TEST(module_handover)
 
 /*
  * The workload of a VM that holds a root zapped while in use next to over
- * two thousand shadow pages.  Its two vCPUs share the root of the one set of
+ * two thousand shadow pages, direct and indirect, half of its regions being
+ * mapped with huge pages.  Its two vCPUs share the root of the one set of
  * page tables: the memslot deletion zaps it while both use it, vCPU 0 then
  * builds everything again on a new root, and vCPU 1, which does not run
  * again until the module is loaded, keeps the old one alive.
@@ -313,7 +314,7 @@ static void run_zapped_root_step(struct kvm_vcpu **vcpus, int step)
 static struct kvm_vm *create_zapped_root_vm(struct kvm_vcpu **vcpus)
 {
 	return create_touch_vm_vcpus(vcpus, 2, HUGE_NR_REGIONS,
-				     kvm_is_tdp_enabled() ? MAP_4K_NESTED : MAP_4K);
+				     kvm_is_tdp_enabled() ? MAP_4K_1G_NESTED : MAP_4K_2M);
 }
 
 /* @after - @before, as the deltas that a step must give again. */

@@ -37,6 +37,10 @@ enum touch_mapping {
 	MAP_4K_NESTED,
 	/* MAP_4K, touched by L2, through one 1GiB L1 NPT page for them all. */
 	MAP_1G_NESTED,
+	/* MAP_4K for the first half of the regions, MAP_2M for the rest. */
+	MAP_4K_2M,
+	/* MAP_4K_NESTED for the first half, MAP_1G_NESTED for the rest. */
+	MAP_4K_1G_NESTED,
 };
 
 #define BUSY_VM_SKIP_REASON \

@@ -123,8 +123,14 @@ void add_touch_memslot(struct kvm_vm *vm, int nr_regions)
 struct kvm_vm *create_touch_vm_vcpus(struct kvm_vcpu **vcpus, int nr_vcpus,
 				     int nr_regions, enum touch_mapping mapping)
 {
-	bool nested = mapping == MAP_4K_NESTED || mapping == MAP_1G_NESTED;
+	bool nested = mapping == MAP_4K_NESTED || mapping == MAP_1G_NESTED ||
+		      mapping == MAP_4K_1G_NESTED;
 	u64 slot_pages = nr_regions * REGION_SIZE / PAGE_SIZE;
+	/* The regions mapped with 4KiB pages; huge pages map the rest. */
+	int nr_small = mapping == MAP_4K || mapping == MAP_4K_NESTED ? nr_regions :
+		       mapping == MAP_4K_2M || mapping == MAP_4K_1G_NESTED ?
+		       nr_regions / 2 : 0;
+	u64 huge_gpa = TEST_GPA + nr_small * REGION_SIZE;
 	struct kvm_vm *vm;
 	gva_t svm_gva;
 	int i;
@@ -149,23 +155,29 @@ struct kvm_vm *create_touch_vm_vcpus(struct kvm_vcpu **vcpus, int nr_vcpus,
 
 	add_touch_memslot(vm, nr_regions);
 
-	if (mapping == MAP_2M)
-		virt_map_level(vm, TEST_GVA, TEST_GPA, nr_regions * REGION_SIZE,
-			       PG_LEVEL_2M);
-	else
-		for (i = 0; i < nr_regions; i++)
-			virt_pg_map(vm, TEST_GVA + i * REGION_SIZE,
-				    TEST_GPA + i * REGION_SIZE);
+	/* L2's huge pages are L1's NPT pages: its own are all 4KiB. */
+	for (i = 0; i < (nested ? nr_regions : nr_small); i++)
+		virt_pg_map(vm, TEST_GVA + i * REGION_SIZE,
+			    TEST_GPA + i * REGION_SIZE);
+	if (!nested && nr_small < nr_regions)
+		virt_map_level(vm, TEST_GVA + nr_small * REGION_SIZE, huge_gpa,
+			       (nr_regions - nr_small) * REGION_SIZE, PG_LEVEL_2M);
+	if (!nested)
+		return vm;
 
 	/* L2 uses L1's page tables, so L2 and L1 GPAs must be the same. */
-	if (nested)
-		tdp_identity_map_default_memslots(vm);
-	if (mapping == MAP_4K_NESTED)
-		for (i = 0; i < nr_regions; i++)
-			tdp_map(vm, TEST_GPA + i * REGION_SIZE,
-				TEST_GPA + i * REGION_SIZE, PAGE_SIZE);
-	else if (mapping == MAP_1G_NESTED)
-		tdp_identity_map_1g(vm, TEST_GPA, PG_SIZE_1G);
+	tdp_identity_map_default_memslots(vm);
+	for (i = 0; i < nr_small; i++)
+		tdp_map(vm, TEST_GPA + i * REGION_SIZE, TEST_GPA + i * REGION_SIZE,
+			PAGE_SIZE);
+	if (nr_small < nr_regions) {
+		TEST_ASSERT(!(huge_gpa % PG_SIZE_1G),
+			    "%d regions at 0x%lx, expected 1GiB alignment for 1GiB NPT pages",
+			    nr_regions - nr_small, huge_gpa);
+		tdp_identity_map_1g(vm, huge_gpa,
+				    align_up((nr_regions - nr_small) * REGION_SIZE,
+					     PG_SIZE_1G));
+	}
 	return vm;
 }
 
