@@ -114,6 +114,9 @@ impl Counters {
     }
 
     /// Sets the peak to the pages held now.
+    ///
+    /// Not under the VM's `mmu_lock`: an allocation that raises the peak at the same time may
+    /// be forgotten by the reset, or undo it, as Documentation/shadow-page-breakdown.rst says.
     pub(crate) fn reset_peak(&self) {
         let mut now = Snapshot::default();
         now.add(self);

@@ -148,8 +148,12 @@ impl ShadowPageCounter {
                 dir.read_callback_file(c"totals", counters, &write_totals);
                 dir.read_write_callback_file(c"peak", counters, &write_peak, &reset_peak);
             });
-        let entry = Arc::pin_init(dir, GFP_KERNEL)?;
-        self.registry.vms.lock().push(entry.clone(), GFP_KERNEL)?;
+        // Charged to the VM's creator, or to whoever loads the module.
+        let entry = Arc::pin_init(dir, GFP_KERNEL_ACCOUNT)?;
+        self.registry
+            .vms
+            .lock()
+            .push(entry.clone(), GFP_KERNEL_ACCOUNT)?;
         Ok(entry)
     }
 }
@@ -178,7 +182,7 @@ impl Accountant for ShadowPageCounter {
         drop(listed);
     }
 
-    fn adopt(_vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, _gfn: u64) {
+    fn adopt(_vm: &Vm, data: VmData<'_, Self>, role: PageRole, _gfn: u64) {
         data.found(bucket_of(role));
     }
 

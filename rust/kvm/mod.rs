@@ -208,9 +208,9 @@ pub trait Accountant: Send + Sync + Sized + 'static {
     fn detach(&self, vm: &Vm, data: Self::VmData);
 
     /// Called once for every shadow page that `vm` holds when it is attached, before any
-    /// [`Accountant::account`] or [`Accountant::unaccount`] of the VM. The stat already counts
-    /// these pages.
-    fn adopt(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
+    /// [`Accountant::account`] or [`Accountant::unaccount`] of the VM, with the VM's `mmu_lock`
+    /// held. The stat already counts these pages, so `vm` does not give access to it.
+    fn adopt(vm: &Vm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
 
     /// Called once for every shadow page KVM allocates, after the page's role and gfn are set.
     fn account(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
@@ -284,7 +284,9 @@ impl<T: Accountant> Ops<T> {
         // returns.
         let vm = unsafe { LockedVm::from_raw(vm) };
         // SAFETY: The VM is attached: `priv` is what `attach()` returned from `into_foreign()`,
-        // and `detach()`, which takes it back, only runs after the last page callback.
+        // and `detach()`, which takes it back, only runs after the last page callback. KVM tells
+        // a failed `attach()` by `IS_ERR()`, which no pointer from `into_foreign()` is: those
+        // point to allocations, never to the last page of the address space.
         let data = unsafe { T::VmData::borrow(vm.data()) };
         (vm, data)
     }
