@@ -803,7 +803,14 @@ TEST_F_TIMEOUT(module_load_faults, every_allocation, 3600)
 	TEST_ASSERT(sweep.nr_init_failed,
 		    "None of %u loads failed in the module's init, which allocates",
 		    nth);
-	TEST_ASSERT(sweep.nr_no_breakdown,
+	/*
+	 * Which of the module's allocations a given nth hits moves with the
+	 * slab and dentry caches' state (a new slab page is an allocation of
+	 * its own), so whether the counters' or a dentry's failure is met
+	 * varies between boots; that some load left the VM without its
+	 * breakdown, and counted it exactly all the same, does not.
+	 */
+	TEST_ASSERT(sweep.nr_no_breakdown + sweep.nr_hidden,
 		    "None of %u loads left the VM without a breakdown: no injected failure reached its allocation",
 		    nth);
 	ksft_print_msg("%u allocations per load: %u loads failed (%u in the init), %u loaded\n",
