@@ -215,8 +215,12 @@ impl Collector {
             Err(BreakdownError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 Ok(None)
             }
-            // A file removed while it is read fails with EIO: whatever failed, a directory
-            // that is gone now means no breakdown.
+            // debugfs fails a read with EIO once the file is being removed, which may be
+            // before its directory is gone: the VM or the module is going away.
+            Err(BreakdownError::Io { source, .. }) if source.raw_os_error() == Some(libc::EIO) => {
+                Ok(None)
+            }
+            // Whatever else failed, a directory that is gone now means no breakdown.
             Err(BreakdownError::Io { .. }) if !self.shadow_stats.dir(scope).is_dir() => Ok(None),
             Err(error) => Err(error),
         }
