@@ -208,39 +208,9 @@ impl Accountant for ShadowPageCounter {
 struct KvmShadowStats {
     // Dropped first: detaching every VM removes their directories.
     _registration: Registration<ShadowPageCounter>,
-    _files: KVec<AllVmsFile>,
-}
-
-fn create_files(registry: &Arc<Registry>) -> Result<KVec<AllVmsFile>> {
-    let dir = &registry.dir;
-    let mut files = KVec::with_capacity(3, GFP_KERNEL)?;
-    files.push(
-        KBox::pin_init(
-            dir.read_callback_file(c"pages", registry.clone(), &write_all_pages),
-            GFP_KERNEL,
-        )?,
-        GFP_KERNEL,
-    )?;
-    files.push(
-        KBox::pin_init(
-            dir.read_callback_file(c"totals", registry.clone(), &write_all_totals),
-            GFP_KERNEL,
-        )?,
-        GFP_KERNEL,
-    )?;
-    files.push(
-        KBox::pin_init(
-            dir.read_write_callback_file(
-                c"peak",
-                registry.clone(),
-                &write_all_peak,
-                &reset_all_peaks,
-            ),
-            GFP_KERNEL,
-        )?,
-        GFP_KERNEL,
-    )?;
-    Ok(files)
+    _pages: AllVmsFile,
+    _totals: AllVmsFile,
+    _peak: AllVmsFile,
 }
 
 impl KvmShadowStats {
@@ -252,11 +222,16 @@ impl KvmShadowStats {
             }),
             GFP_KERNEL,
         )?;
-        let files = create_files(&registry)?;
-        let registration = Registration::new(module, ShadowPageCounter { registry })?;
+        let dir = &registry.dir;
+        let all = || registry.clone();
+        let pages = dir.read_callback_file(c"pages", all(), &write_all_pages);
+        let totals = dir.read_callback_file(c"totals", all(), &write_all_totals);
+        let peak = dir.read_write_callback_file(c"peak", all(), &write_all_peak, &reset_all_peaks);
         Ok(Self {
-            _registration: registration,
-            _files: files,
+            _pages: KBox::pin_init(pages, GFP_KERNEL)?,
+            _totals: KBox::pin_init(totals, GFP_KERNEL)?,
+            _peak: KBox::pin_init(peak, GFP_KERNEL)?,
+            _registration: Registration::new(module, ShadowPageCounter { registry })?,
         })
     }
 }
