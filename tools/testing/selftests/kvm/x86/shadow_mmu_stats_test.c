@@ -527,6 +527,81 @@ TEST(breakdown_peak)
 	kvm_vm_free(vm);
 }
 
+/*
+ * The kernel's count of secondary page tables, in bytes, with the per-CPU
+ * deltas folded in first so that it is exact.
+ */
+static u64 sec_page_tables_bytes(void)
+{
+	char line[128];
+	u64 kib = 0;
+	bool found = false;
+	FILE *meminfo;
+
+	write_file("/proc/sys/vm/stat_refresh", "1");
+	meminfo = fopen("/proc/meminfo", "r");
+	TEST_ASSERT(meminfo, "Failed to open /proc/meminfo");
+	while (!found && fgets(line, sizeof(line), meminfo))
+		found = sscanf(line, "SecPageTables: %lu kB", &kib) == 1;
+	fclose(meminfo);
+	TEST_ASSERT(found, "No SecPageTables in /proc/meminfo");
+	return kib * 1024;
+}
+
+static void assert_page_table_bytes_step(const struct sp_breakdown *before,
+					 u64 sec_before,
+					 const struct sp_breakdown *after,
+					 u64 sec_after, const char *what)
+{
+	s64 breakdown = after->totals.page_table_bytes -
+			before->totals.page_table_bytes;
+	s64 sec = sec_after - sec_before;
+
+	TEST_ASSERT(breakdown && breakdown == sec,
+		    "%s: page_table_bytes moved by %ld, SecPageTables by %ld, expected the same, not 0",
+		    what, breakdown, sec);
+}
+
+/*
+ * The page table part of the VM's bytes moves with SecPageTables when only
+ * shadow pages come and go: a zap down to the lowest limit and the regrowth
+ * after it, once the VM's memory, and with npt=1 L1's TDP MMU page tables,
+ * are in place.
+ */
+TEST(page_table_bytes_are_sec_page_tables)
+{
+	struct sp_breakdown before, after;
+	u64 sec_before, sec_after;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+
+	if (!have_breakdown())
+		SKIP(return, "No " BREAKDOWN_DEBUGFS ": kvm_shadow_stats.ko is not loaded");
+	vm = create_busy_vm(&vcpu, MANY_REGIONS);
+	if (!vm)
+		SKIP(return, BUSY_VM_SKIP_REASON);
+	touch_regions(vcpu, MANY_REGIONS);
+
+	vm_breakdown(vm, &before);
+	sec_before = sec_page_tables_bytes();
+	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)KVM_MIN_MMU_PAGES);
+	vm_breakdown(vm, &after);
+	sec_after = sec_page_tables_bytes();
+	assert_page_table_bytes_step(&before, sec_before, &after, sec_after,
+				     "Lowering the page limit");
+
+	before = after;
+	sec_before = sec_after;
+	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)AMPLE_MMU_PAGES);
+	touch_regions(vcpu, MANY_REGIONS);
+	vm_breakdown(vm, &after);
+	sec_after = sec_page_tables_bytes();
+	assert_page_table_bytes_step(&before, sec_before, &after, sec_after,
+				     "Growing back");
+
+	kvm_vm_free(vm);
+}
+
 TEST(stats_descriptor)
 {
 	struct kvm_stats_header header;
