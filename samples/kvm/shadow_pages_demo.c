@@ -10,7 +10,8 @@
  * KVM_SET_NR_MMU_PAGES, which zaps shadow pages and keeps zapping while the
  * guest goes on touching all the regions, and finally destroys the VM.
  * After each step the stat is printed as read from the VM's binary stats fd,
- * the VM's debugfs file and the global debugfs file.
+ * the VM's debugfs file and the global debugfs file; with kvm_shadow_stats.ko
+ * loaded, its breakdown of the VM's pages follows the table.
  *
  * With "--churn ROUNDS" (0: until killed) it is instead a quiet workload for
  * benchmarks and stress tests: every round the guest touches all regions
@@ -92,6 +93,36 @@ static void show(struct kvm_vm *vm, const char *step)
 	fflush(stdout);
 }
 
+/*
+ * kvm_shadow_stats.ko's files about the VM, if it is loaded: where the
+ * shadow pages are, their memory, the peak and the churn.  Read into @buf,
+ * to be shown after the table; empty without the module.
+ */
+static void read_breakdown(struct kvm_vm *vm, char *buf, size_t size)
+{
+	static const char * const files[] = { "pages", "totals" };
+	char dir[64], path[PATH_MAX], line[256];
+	size_t len = 0;
+	FILE *file;
+	int i;
+
+	buf[0] = '\0';
+	snprintf(dir, sizeof(dir), "/sys/kernel/debug/kvm_shadow_stats/%d-%d",
+		 getpid(), vm->fd);
+	for (i = 0; i < ARRAY_SIZE(files); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
+		file = fopen(path, "r");
+		if (!file)
+			return;
+		if (!len)
+			len = snprintf(buf, size, "\n%s/{pages,totals} before the VM went:\n",
+				       dir);
+		while (fgets(line, sizeof(line), file) && len < size)
+			len += snprintf(buf + len, size - len, "  %s", line);
+		fclose(file);
+	}
+}
+
 static void run_pass(struct kvm_vm *vm, struct kvm_vcpu *vcpu, u64 nr)
 {
 	struct ucall uc;
@@ -134,6 +165,7 @@ static struct kvm_vm *create_vm(struct kvm_vcpu **vcpu, u64 regions)
 static void demo(void)
 {
 	struct kvm_vcpu *vcpu;
+	char breakdown[4096];
 	struct kvm_vm *vm;
 	char step[64];
 	u64 nr;
@@ -151,8 +183,10 @@ static void demo(void)
 	show(vm, "KVM_SET_NR_MMU_PAGES 64");
 	run_pass(vm, vcpu, DEMO_MAX_REGIONS);
 	show(vm, "guest touched 256 regions under that limit");
+	read_breakdown(vm, breakdown, sizeof(breakdown));
 	kvm_vm_free(vm);
 	printf("%-44s %12s %12s %12lu\n", "VM destroyed", "-", "-", read_debugfs_stat("."));
+	fputs(breakdown, stdout);
 }
 
 static u64 now_ns(void)
