@@ -838,32 +838,35 @@ void assert_breakdown_empty(const struct sp_breakdown *bd, const char *what)
 		    what, bd->totals.pages, bd->totals.allocated, bd->totals.zapped);
 }
 
-/* Whether this kernel gives user space 5-level page tables. */
+/*
+ * Whether this kernel runs on 5-level page tables, which KVM's NPT then has
+ * too: the kernel clears the CPU's la57 flag when it does not (no5lvl, or a
+ * CPU without LA57).
+ */
 static bool host_has_5level_paging(void)
 {
-	void *hint = (void *)BIT_ULL(48), *addr;
-	bool la57;
+	char line[4096];
+	bool la57 = false;
+	FILE *cpuinfo;
 
-	/* 4-level kernels ignore a hint beyond their 47-bit user space. */
-	addr = mmap(hint, PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
-		    -1, 0);
-	TEST_ASSERT(addr != MAP_FAILED, "Failed to mmap() a page");
-	la57 = (unsigned long)addr >= BIT_ULL(47);
-	munmap(addr, PAGE_SIZE);
+	cpuinfo = fopen("/proc/cpuinfo", "r");
+	TEST_ASSERT(cpuinfo, "Failed to open /proc/cpuinfo");
+	while (!la57 && fgets(line, sizeof(line), cpuinfo))
+		la57 = !strncmp(line, "flags", 5) && strstr(line, " la57");
+	fclose(cpuinfo);
 	return la57;
 }
 
 /*
  * The level of a vCPU's root shadow page: under shadow paging, the top
  * level of the guest's page tables; under nested NPT, the top level of the
- * host's NPT, which shadows L1's NPT tables at the same level or, for a
- * 4-level L1 NPT on a 5-level host, through a passthrough root above them.
+ * host's own NPT, whatever L1's (kvm_init_shadow_npt_mmu() takes the root's
+ * level from kvm_mmu_get_tdp_level()): 5-level L1 NPT tables on a 4-level
+ * host, KVM advertising LA57 to guests either way, still get a 4-level root.
  */
 int shadow_root_level(struct kvm_vm *vm, bool nested)
 {
-	int host_levels = host_has_5level_paging() ? 5 : 4;
-
 	if (!nested)
 		return vm->mmu.pgtable_levels;
-	return max(host_levels, vm->stage2_mmu.pgtable_levels);
+	return host_has_5level_paging() ? 5 : 4;
 }
