@@ -360,8 +360,15 @@ static void assert_nothing_found(const struct sp_breakdown *bd, const char *what
  * bucket as vCPU 1 frees it, as zapped, and zaps and regrowth move both
  * VMs' buckets alike.  Unloading the module hands both counts back to KVM,
  * which goes on with them exactly.
+ *
+ * Building the two VMs takes minutes on a debug kernel's TCG guest: the
+ * fixture is there for the timeout.
  */
-TEST(breakdown_found_at_load)
+FIXTURE(big_vms) {};
+FIXTURE_SETUP(big_vms) {}
+FIXTURE_TEARDOWN(big_vms) {}
+
+TEST_F_TIMEOUT(big_vms, breakdown_found_at_load, 1800)
 {
 	const char *module = getenv(MODULE_ENV);
 	struct kvm_vcpu *vcpus[2], *twin_vcpus[2];
