@@ -54,7 +54,7 @@ env:
 # Keeps build/cache (the downloaded kernel source) and the patched tree.
 clean:
 	rm -rf build/kbuild-* build/module-* build/selftests-* build/headers-* build/vm-logs \
-		build/rust-selftest build/vm-* build/*.log build/bench.txt
+		build/rust-selftest build/vm-* build/*.log build/bench.txt build/bench-snapshot
 
 distclean:
 	rm -rf build
