@@ -8,7 +8,10 @@
 
 use core::{
     fmt,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::atomic::{
+        AtomicU64,
+        Ordering::{Acquire, Relaxed, Release},
+    },
 };
 
 use crate::kvm::PageRole;
@@ -92,25 +95,35 @@ impl Counters {
         }
     }
 
-    /// A page the VM held when it was attached; all of them come before any other event.
-    pub(crate) fn found(&self, bucket: usize) {
+    /// A page the VM held when it was attached, which holds `pages` pages now, counting those not
+    /// shown yet. KVM may allocate and zap other pages between two of these.
+    pub(crate) fn found(&self, bucket: usize, pages: u64) {
         bump(&self.found[bucket]);
-        bump(&self.peak);
+        self.raise_peak(pages);
+    }
+
+    #[inline(always)]
+    fn raise_peak(&self, pages: u64) {
+        if pages > self.peak.load(Relaxed) {
+            self.peak.store(pages, Relaxed);
+        }
     }
 
     /// A page allocated, after which the VM holds `pages` pages.
     #[inline(always)]
     pub(crate) fn allocated(&self, bucket: usize, pages: u64) {
         bump(&self.allocated[bucket]);
-        if pages > self.peak.load(Relaxed) {
-            self.peak.store(pages, Relaxed);
-        }
+        self.raise_peak(pages);
     }
 
     /// A page zapped.
+    ///
+    /// A release store, a plain store on x86: a reader that sees this zap sees the find or
+    /// allocation of the page too, see [`Snapshot::add`].
     #[inline(always)]
     pub(crate) fn zapped(&self, bucket: usize) {
-        bump(&self.zapped[bucket]);
+        let zapped = &self.zapped[bucket];
+        zapped.store(zapped.load(Relaxed).wrapping_add(1), Release);
     }
 
     /// Sets the peak to the pages held now.
@@ -153,15 +166,21 @@ impl Snapshot {
     /// Adds a VM's counters: the sums over all VMs are their totals and the sum of their peaks.
     pub(crate) fn add(&mut self, counters: &Counters) {
         for bucket in 0..NR_BUCKETS {
+            // The zaps first, with an acquire load that pairs with the release store of
+            // `Counters::zapped()`: a page is found or allocated before it is zapped, under the
+            // VM's `mmu_lock`, so the finds and allocations loaded after it count every page that
+            // the zaps loaded undo, and the bucket cannot read below zero. Loaded the other way
+            // round, an allocation and its zap made between the two loads would make it wrap.
+            let zapped = counters.zapped[bucket].load(Acquire);
             self.found[bucket] += counters.found[bucket].load(Relaxed);
             self.allocated[bucket] += counters.allocated[bucket].load(Relaxed);
-            self.zapped[bucket] += counters.zapped[bucket].load(Relaxed);
+            self.zapped[bucket] += zapped;
         }
         self.peak += counters.peak.load(Relaxed);
     }
 
-    /// Pages of `bucket` held now. Wraps, rather than panics, if a zap is read before the
-    /// allocation it undoes.
+    /// Pages of `bucket` held when read. [`Snapshot::add`] loads the counters so that this cannot
+    /// go below zero; should a bug elsewhere make it, it wraps rather than panics.
     fn bucket_pages(&self, bucket: usize) -> u64 {
         self.found[bucket]
             .wrapping_add(self.allocated[bucket])
@@ -311,8 +330,8 @@ mod tests {
         let root = bucket_of(role_of(4, 0, 0, 0));
         let leaf = bucket_of(role_of(1, 0, 0, 0));
         let direct_l2 = bucket_of(role_of(1, 1, 1, 0));
-        vm.found(root);
-        vm.found(leaf);
+        vm.found(root, 1);
+        vm.found(leaf, 2);
         vm.allocated(leaf, 3);
         vm.allocated(direct_l2, 4);
         vm.zapped(leaf);
@@ -336,7 +355,7 @@ mod tests {
     fn peak_is_kept_and_reset_to_the_pages_held() {
         let vm = Counters::new();
         let leaf = bucket_of(role_of(1, 0, 0, 0));
-        vm.found(leaf);
+        vm.found(leaf, 1);
         vm.allocated(leaf, 2);
         vm.allocated(leaf, 3);
         vm.zapped(leaf);
@@ -357,7 +376,7 @@ mod tests {
     fn all_vms_sum_up() {
         let (a, b) = (Counters::new(), Counters::new());
         let leaf = bucket_of(role_of(1, 0, 0, 0));
-        a.found(leaf);
+        a.found(leaf, 1);
         b.allocated(leaf, 1);
         b.allocated(leaf, 2);
         let mut all = Snapshot::default();

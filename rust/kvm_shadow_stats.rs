@@ -16,6 +16,7 @@ use kernel::{
     debugfs::{Dir, File, Scope},
     fmt, new_mutex,
     prelude::*,
+    str::CString,
     sync::{
         atomic::{AtomicFlag, Relaxed},
         Arc, Mutex,
@@ -27,7 +28,7 @@ mod breakdown;
 pub mod kvm;
 
 use breakdown::{bucket_of, is_peak_reset, Counters, Snapshot};
-use kvm::{Accountant, LockedVm, PageRole, Registration, Vm, VmData};
+use kvm::{Accountant, AccountingVm, LockedVm, PageRole, Registration, Vm, VmData};
 
 module! {
     type: KvmShadowStats,
@@ -37,8 +38,36 @@ module! {
     license: "GPL",
 }
 
+/// Which VM a directory is about.
+///
+/// KVM names a VM's debugfs directory `<pid>-<fd>`, and so does this module, unless a VM that
+/// outlived its file descriptor holds that name: KVM then makes no directory for the new VM, and
+/// this module calls it `<pid>-<fd>.<n>`, with the smallest `n` from 1 up that is free.
+#[derive(Clone, Copy, PartialEq)]
+struct VmName {
+    pid: i32,
+    fd: i32,
+    n: u32,
+}
+
+impl VmName {
+    fn to_cstring(self) -> Result<CString> {
+        if self.n == 0 {
+            CString::try_from_fmt(fmt!("{}-{}", self.pid, self.fd))
+        } else {
+            CString::try_from_fmt(fmt!("{}-{}.{}", self.pid, self.fd, self.n))
+        }
+    }
+}
+
+/// What the module keeps of a VM.
+struct AttachedVm {
+    name: VmName,
+    counters: Counters,
+}
+
 /// A VM's counters and its debugfs directory, which is removed before the counters are freed.
-type VmEntry = Scope<Counters>;
+type VmEntry = Scope<AttachedVm>;
 
 /// A file that sums over all VMs.
 type AllVmsFile = Pin<KBox<File<Arc<Registry>>>>;
@@ -55,7 +84,7 @@ impl Registry {
     fn sum(&self) -> Snapshot {
         let mut all = Snapshot::default();
         for vm in self.vms.lock().iter() {
-            all.add(vm);
+            all.add(&vm.counters);
         }
         all
     }
@@ -85,16 +114,22 @@ fn report_underflow(vm: &Vm, role: PageRole, gfn: u64) {
     }
 }
 
-fn write_pages(vm: &Counters, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    vm.snapshot().write_pages(f)
+fn write_pages(vm: &AttachedVm, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    vm.counters.snapshot().write_pages(f)
 }
 
-fn write_totals(vm: &Counters, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    vm.snapshot().write_totals(f)
+fn write_totals(vm: &AttachedVm, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    vm.counters.snapshot().write_totals(f)
 }
 
-fn write_peak(vm: &Counters, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    vm.snapshot().write_peak(f)
+fn write_peak(vm: &AttachedVm, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    vm.counters.snapshot().write_peak(f)
+}
+
+/// The `vm` file: which VM the directory is about, whatever its name.
+fn write_vm(vm: &AttachedVm, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "pid {}", vm.name.pid)?;
+    writeln!(f, "fd {}", vm.name.fd)
 }
 
 /// Reads what is written to a `peak` file: `Ok(())` if it asks for a reset, `EINVAL` otherwise.
@@ -112,9 +147,9 @@ fn read_peak_reset(input: &mut UserSliceReader) -> Result {
     }
 }
 
-fn reset_peak(vm: &Counters, input: &mut UserSliceReader) -> Result {
+fn reset_peak(vm: &AttachedVm, input: &mut UserSliceReader) -> Result {
     read_peak_reset(input)?;
-    vm.reset_peak();
+    vm.counters.reset_peak();
     Ok(())
 }
 
@@ -133,27 +168,41 @@ fn write_all_peak(registry: &Arc<Registry>, f: &mut fmt::Formatter<'_>) -> fmt::
 fn reset_all_peaks(registry: &Arc<Registry>, input: &mut UserSliceReader) -> Result {
     read_peak_reset(input)?;
     for vm in registry.vms.lock().iter() {
-        vm.reset_peak();
+        vm.counters.reset_peak();
     }
     Ok(())
 }
 
 impl ShadowPageCounter {
     fn attach_vm(&self, vm: &Vm) -> Result<Arc<VmEntry>> {
+        // KVM attaches and detaches one VM at a time, so no other VM takes the name chosen
+        // here before the VM is listed, and the directory of a VM detached before is gone.
+        let mut vms = self.registry.vms.lock();
+        let mut name = VmName {
+            pid: vm.pid(),
+            fd: vm.fd(),
+            n: 0,
+        };
+        while vms.iter().any(|listed| listed.name == name) {
+            name.n += 1;
+        }
+        let dir_name = name.to_cstring()?;
+        let attached = AttachedVm {
+            name,
+            counters: Counters::new(),
+        };
         let dir = self
             .registry
             .dir
-            .scope(Counters::new(), vm.dir_name(), |counters, dir| {
-                dir.read_callback_file(c"pages", counters, &write_pages);
-                dir.read_callback_file(c"totals", counters, &write_totals);
-                dir.read_write_callback_file(c"peak", counters, &write_peak, &reset_peak);
+            .scope(attached, &dir_name, |vm, dir| {
+                dir.read_callback_file(c"vm", vm, &write_vm);
+                dir.read_callback_file(c"pages", vm, &write_pages);
+                dir.read_callback_file(c"totals", vm, &write_totals);
+                dir.read_write_callback_file(c"peak", vm, &write_peak, &reset_peak);
             });
         // Charged to the VM's creator, or to whoever loads the module.
         let entry = Arc::pin_init(dir, GFP_KERNEL_ACCOUNT)?;
-        self.registry
-            .vms
-            .lock()
-            .push(entry.clone(), GFP_KERNEL_ACCOUNT)?;
+        vms.push(entry.clone(), GFP_KERNEL_ACCOUNT)?;
         Ok(entry)
     }
 }
@@ -164,8 +213,9 @@ impl Accountant for ShadowPageCounter {
     fn attach(&self, vm: &Vm) -> Result<Arc<VmEntry>> {
         self.attach_vm(vm).inspect_err(|err| {
             pr_warn!(
-                "{}: no breakdown for this VM: error {}\n",
-                vm.dir_name(),
+                "{}-{}: no breakdown for this VM: error {}\n",
+                vm.pid(),
+                vm.fd(),
                 err.to_errno()
             );
         })
@@ -182,22 +232,22 @@ impl Accountant for ShadowPageCounter {
         drop(listed);
     }
 
-    fn adopt(_vm: &Vm, data: VmData<'_, Self>, role: PageRole, _gfn: u64) {
-        data.found(bucket_of(role));
+    fn adopt(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, _gfn: u64) {
+        data.counters.found(bucket_of(role), vm.shadow_pages());
     }
 
     #[inline]
-    fn account(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, _gfn: u64) {
+    fn account(vm: &AccountingVm, data: VmData<'_, Self>, role: PageRole, _gfn: u64) {
         let pages = vm.shadow_pages().wrapping_add(1);
         vm.set_shadow_pages(pages);
-        data.allocated(bucket_of(role), pages);
+        data.counters.allocated(bucket_of(role), pages);
     }
 
     #[inline]
-    fn unaccount(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64) {
+    fn unaccount(vm: &AccountingVm, data: VmData<'_, Self>, role: PageRole, gfn: u64) {
         let pages = vm.shadow_pages();
         vm.set_shadow_pages(pages.wrapping_sub(1));
-        data.zapped(bucket_of(role));
+        data.counters.zapped(bucket_of(role));
         // Last, so that the check costs a test and a branch, with nothing to keep for the call.
         if pages == 0 {
             report_underflow(vm, role, gfn);

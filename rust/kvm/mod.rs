@@ -21,8 +21,8 @@ use kernel::{
 ///
 /// # Invariants
 ///
-/// While a `&Vm` exists, it refers to the `kvm_mmu_accountant_vm` of a live VM, whose `name` and
-/// `dir_name` are NUL-terminated strings that KVM does not change while the VM lives.
+/// While a `&Vm` exists, it refers to the `kvm_mmu_accountant_vm` of a live VM, whose `name` is a
+/// NUL-terminated string and whose `pid` and `fd` KVM does not change while the VM lives.
 #[repr(transparent)]
 pub struct Vm(Opaque<bindings::kvm_mmu_accountant_vm>);
 
@@ -33,8 +33,8 @@ impl Vm {
     ///
     /// `ptr` must point to the `kvm_mmu_accountant_vm` of a VM that lives for all of `'a`.
     unsafe fn from_raw<'a>(ptr: *const bindings::kvm_mmu_accountant_vm) -> &'a Self {
-        // INVARIANT: Guaranteed by the caller; KVM sets the names before it hands the VM to an
-        // accountant and never changes them.
+        // INVARIANT: Guaranteed by the caller; KVM sets the name, pid and fd before it hands the
+        // VM to an accountant and never changes them.
         // SAFETY: `Vm` is a transparent wrapper of the C struct, which the caller guarantees to be
         // valid for `'a`.
         unsafe { &*ptr.cast::<Self>() }
@@ -47,11 +47,20 @@ impl Vm {
         unsafe { CStr::from_char_ptr((*self.0.get()).name) }
     }
 
-    /// The name of the VM's directory in KVM's debugfs, `<pid>-<fd>`.
-    pub fn dir_name(&self) -> &CStr {
-        // SAFETY: By the type invariant `dir_name` holds a NUL-terminated string, which lives as
-        // long as the VM.
-        unsafe { CStr::from_char_ptr((*self.0.get()).dir_name.as_ptr()) }
+    /// The process that created the VM.
+    pub fn pid(&self) -> i32 {
+        // SAFETY: By the type invariant `self.0` is a valid `kvm_mmu_accountant_vm` whose `pid`
+        // does not change.
+        unsafe { (*self.0.get()).pid }
+    }
+
+    /// The VM's file descriptor in the process that created it, when it was created.
+    ///
+    /// KVM names the VM's debugfs directory `<pid>-<fd>`, unless a VM that outlived its file
+    /// descriptor holds that name already: two VMs may have the same pid and fd.
+    pub fn fd(&self) -> i32 {
+        // SAFETY: As in `pid()`.
+        unsafe { (*self.0.get()).fd }
     }
 
     fn data(&self) -> *mut c_void {
@@ -75,27 +84,58 @@ impl LockedVm {
     /// # Safety
     ///
     /// `ptr` must point to the `kvm_mmu_accountant_vm` of a live VM whose `mmu_lock` is held for
-    /// write for all of `'a`.
+    /// write for all of `'a`, during a page callback.
     unsafe fn from_raw<'a>(ptr: *const bindings::kvm_mmu_accountant_vm) -> &'a Self {
-        // INVARIANT: Guaranteed by the caller; KVM sets `shadow_pages` when it creates the VM.
+        // INVARIANT: Guaranteed by the caller; KVM sets `shadow_pages` before the first page
+        // callback of a VM and clears it only after the last, with `mmu_lock` held.
         // SAFETY: `LockedVm` is a transparent wrapper of `Vm`, whose requirements the caller
         // meets.
         unsafe { &*ptr.cast::<Self>() }
     }
 
     fn stat(&self) -> *mut u64 {
-        // SAFETY: By the type invariant `self.0` is a valid `kvm_mmu_accountant_vm`, whose fields
-        // KVM does not change while the VM lives.
+        // SAFETY: By the type invariant `self.0` is a valid `kvm_mmu_accountant_vm`, whose
+        // `shadow_pages` KVM does not change while the lock is held.
         unsafe { (*self.0 .0.get()).shadow_pages }
     }
 
-    /// The VM's `mmu_shadow_pages` stat.
+    /// The VM's `mmu_shadow_pages` stat: all the pages the VM holds, shown to the accountant or
+    /// not.
     #[inline]
     pub fn shadow_pages(&self) -> u64 {
         // SAFETY: By the type invariant the stat is a valid, aligned `u64`. Its writers are
         // serialized by `mmu_lock`, held by the type invariant, so this is the only writer's own
         // view of it.
         unsafe { self.stat().read_volatile() }
+    }
+}
+
+impl Deref for LockedVm {
+    type Target = Vm;
+
+    fn deref(&self) -> &Vm {
+        &self.0
+    }
+}
+
+/// A VM as KVM lends it to [`Accountant::account`] and [`Accountant::unaccount`], which keep its
+/// `mmu_shadow_pages` stat.
+///
+/// # Invariants
+///
+/// The invariants of [`LockedVm`], during a call that must move the stat by one.
+#[repr(transparent)]
+pub struct AccountingVm(LockedVm);
+
+impl AccountingVm {
+    /// # Safety
+    ///
+    /// As for [`LockedVm::from_raw`], during a call of `account` or `unaccount`.
+    unsafe fn from_raw<'a>(ptr: *const bindings::kvm_mmu_accountant_vm) -> &'a Self {
+        // INVARIANT: Guaranteed by the caller.
+        // SAFETY: `AccountingVm` is a transparent wrapper of `LockedVm`, whose requirements the
+        // caller meets.
+        unsafe { &*ptr.cast::<Self>() }
     }
 
     /// Sets the VM's `mmu_shadow_pages` stat.
@@ -107,16 +147,17 @@ impl LockedVm {
     /// (`CONFIG_RUST_INLINE_HELPERS`): two calls more on every shadow page event.
     #[inline]
     pub fn set_shadow_pages(&self, pages: u64) {
-        // SAFETY: As in `shadow_pages()`: a valid, aligned `u64` whose only writer is the holder of
-        // `mmu_lock`, held by the type invariant; lockless readers load the whole word at once.
-        unsafe { self.stat().write_volatile(pages) }
+        // SAFETY: As in `LockedVm::shadow_pages()`: a valid, aligned `u64` whose only writer is
+        // the holder of `mmu_lock`, held by the type invariant; lockless readers load the whole
+        // word at once.
+        unsafe { self.0.stat().write_volatile(pages) }
     }
 }
 
-impl Deref for LockedVm {
-    type Target = Vm;
+impl Deref for AccountingVm {
+    type Target = LockedVm;
 
-    fn deref(&self) -> &Vm {
+    fn deref(&self) -> &LockedVm {
         &self.0
     }
 }
@@ -207,17 +248,19 @@ pub trait Accountant: Send + Sync + Sized + 'static {
     /// or when the accountant unregisters. May sleep.
     fn detach(&self, vm: &Vm, data: Self::VmData);
 
-    /// Called once for every shadow page that `vm` holds when it is attached, before any
-    /// [`Accountant::account`] or [`Accountant::unaccount`] of the VM, with the VM's `mmu_lock`
-    /// held. The stat already counts these pages, so `vm` does not give access to it.
-    fn adopt(vm: &Vm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
+    /// Called once for every shadow page that `vm` holds when it is attached, with the VM's
+    /// `mmu_lock` held. KVM drops the lock every few hundred pages of this walk, so calls of
+    /// [`Accountant::account`] and [`Accountant::unaccount`] for the pages allocated and zapped
+    /// meanwhile may come in between; each page is shown once, here or to `account`, before it
+    /// is unaccounted. The stat already counts these pages, so `vm` only reads it.
+    fn adopt(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
 
     /// Called once for every shadow page KVM allocates, after the page's role and gfn are set.
-    fn account(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
+    fn account(vm: &AccountingVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
 
-    /// Called once for every shadow page KVM zaps, with the role and gfn it was accounted or
-    /// adopted with.
-    fn unaccount(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
+    /// Called once for every shadow page shown to the accountant that KVM zaps, with the role
+    /// and gfn it was accounted or adopted with.
+    fn unaccount(vm: &AccountingVm, data: VmData<'_, Self>, role: PageRole, gfn: u64);
 }
 
 /// The accountant `T` with the C ops table KVM knows it by, which its callbacks find it from.
@@ -276,19 +319,14 @@ impl<T: Accountant> Ops<T> {
 
     /// # Safety
     ///
-    /// Only to be called by KVM as a page callback of `Ops<T>`, for an attached VM.
-    unsafe fn page_args<'a>(
-        vm: *const bindings::kvm_mmu_accountant_vm,
-    ) -> (&'a LockedVm, VmData<'a, T>) {
-        // SAFETY: KVM makes page callbacks with the VM's `mmu_lock` held for write until the call
-        // returns.
-        let vm = unsafe { LockedVm::from_raw(vm) };
-        // SAFETY: The VM is attached: `priv` is what `attach()` returned from `into_foreign()`,
-        // and `detach()`, which takes it back, only runs after the last page callback. KVM tells
-        // a failed `attach()` by `IS_ERR()`, which no pointer from `into_foreign()` is: those
-        // point to allocations, never to the last page of the address space.
-        let data = unsafe { T::VmData::borrow(vm.data()) };
-        (vm, data)
+    /// Only to be called by KVM as a page callback of `Ops<T>`, for a VM that `attach()`
+    /// succeeded for and that is not detached yet.
+    unsafe fn data<'a>(vm: &'a Vm) -> VmData<'a, T> {
+        // SAFETY: `priv` is what `attach()` returned from `into_foreign()`, and `detach()`, which
+        // takes it back, only runs after the last page callback. KVM tells a failed `attach()` by
+        // `IS_ERR()`, which no pointer from `into_foreign()` is: those point to allocations, never
+        // to the last page of the address space.
+        unsafe { T::VmData::borrow(vm.data()) }
     }
 
     /// # Safety
@@ -299,8 +337,12 @@ impl<T: Accountant> Ops<T> {
         role: bindings::kvm_mmu_page_role,
         gfn: bindings::gfn_t,
     ) {
-        // SAFETY: KVM calls this for an attached VM.
-        let (vm, data) = unsafe { Self::page_args(vm) };
+        // SAFETY: KVM makes page callbacks with the VM's `mmu_lock` held for write until the call
+        // returns, for a VM being attached.
+        let (vm, data) = unsafe {
+            let vm = LockedVm::from_raw(vm);
+            (vm, Self::data(vm))
+        };
         T::adopt(vm, data, PageRole(role), gfn)
     }
 
@@ -312,8 +354,11 @@ impl<T: Accountant> Ops<T> {
         role: bindings::kvm_mmu_page_role,
         gfn: bindings::gfn_t,
     ) {
-        // SAFETY: KVM calls this for an attached VM.
-        let (vm, data) = unsafe { Self::page_args(vm) };
+        // SAFETY: As in `adopt()`, for a call that must move the stat by one.
+        let (vm, data) = unsafe {
+            let vm = AccountingVm::from_raw(vm);
+            (vm, Self::data(vm))
+        };
         T::account(vm, data, PageRole(role), gfn)
     }
 
@@ -325,8 +370,11 @@ impl<T: Accountant> Ops<T> {
         role: bindings::kvm_mmu_page_role,
         gfn: bindings::gfn_t,
     ) {
-        // SAFETY: KVM calls this for an attached VM.
-        let (vm, data) = unsafe { Self::page_args(vm) };
+        // SAFETY: As in `adopt()`, for a call that must move the stat by one.
+        let (vm, data) = unsafe {
+            let vm = AccountingVm::from_raw(vm);
+            (vm, Self::data(vm))
+        };
         T::unaccount(vm, data, PageRole(role), gfn)
     }
 }
