@@ -191,15 +191,12 @@ impl ShadowPageCounter {
             name,
             counters: Counters::new(),
         };
-        let dir = self
-            .registry
-            .dir
-            .scope(attached, &dir_name, |vm, dir| {
-                dir.read_callback_file(c"vm", vm, &write_vm);
-                dir.read_callback_file(c"pages", vm, &write_pages);
-                dir.read_callback_file(c"totals", vm, &write_totals);
-                dir.read_write_callback_file(c"peak", vm, &write_peak, &reset_peak);
-            });
+        let dir = self.registry.dir.scope(attached, &dir_name, |vm, dir| {
+            dir.read_callback_file(c"vm", vm, &write_vm);
+            dir.read_callback_file(c"pages", vm, &write_pages);
+            dir.read_callback_file(c"totals", vm, &write_totals);
+            dir.read_write_callback_file(c"peak", vm, &write_peak, &reset_peak);
+        });
         // Charged to the VM's creator, or to whoever loads the module.
         let entry = Arc::pin_init(dir, GFP_KERNEL_ACCOUNT)?;
         vms.push(entry.clone(), GFP_KERNEL_ACCOUNT)?;
