@@ -244,8 +244,8 @@ pub trait Accountant: Send + Sync + Sized + 'static {
     /// pages itself and none of the VM's pages is shown to the accountant.
     fn attach(&self, vm: &Vm) -> Result<Self::VmData>;
 
-    /// Takes back the data of `vm` when the VM is destroyed, after its last shadow page is gone,
-    /// or when the accountant unregisters. May sleep.
+    /// Takes back the data of `vm` as the VM's destruction begins or when the accountant
+    /// unregisters, also when its module goes away with the [`Registration`] leaked. May sleep.
     fn detach(&self, vm: &Vm, data: Self::VmData);
 
     /// Called once for every shadow page that `vm` holds when it is attached, with the VM's
@@ -381,9 +381,11 @@ impl<T: Accountant> Ops<T> {
 
 /// Keeps the accountant `T` registered with KVM until dropped.
 ///
-/// Leaking a `Registration` is sound: the accountant's memory is then never freed, and KVM
-/// detaches every VM and unregisters the accountant itself, with a warning, before the owning
-/// module's code is freed.
+/// Leaking a `Registration` is sound: the accountant's memory is then never freed, and as the
+/// owning module goes, after its exit function and before its code is freed, KVM unregisters the
+/// accountant itself, with a warning, detaching every VM with [`Accountant::detach`], which drops
+/// the VM's data. So per-VM data that refers to the module's code, such as debugfs files whose
+/// operations are the module's, never outlives the module, leaked or not.
 ///
 /// # Invariants
 ///
@@ -407,8 +409,10 @@ impl<T: Accountant> Registration<T> {
         )?;
         // SAFETY: `ops` is pinned and freed only by `drop()`, after it is unregistered, or never.
         // Its callbacks are `T`'s, instantiated in the crate that calls this, which is `module`:
-        // safe code can only get a `&ThisModule` of its own. So KVM unregisters them before their
-        // code is freed, should `self` be leaked. A wrong count from `T` is no memory unsafety:
+        // safe code can only get a `&ThisModule` of its own. So, should `self` be leaked, KVM
+        // unregisters them before their code is freed, and calls `detach()` for every VM first,
+        // with `T`, which the leak keeps alive, and the VM's data, which KVM holds: each VM's
+        // data is dropped, as on unregistration. A wrong count from `T` is no memory unsafety:
         // KVM restores its own. Sleeping in atomic context is, as everywhere in the kernel's Rust,
         // left to `T` and to tools such as klint.
         to_result(unsafe {
