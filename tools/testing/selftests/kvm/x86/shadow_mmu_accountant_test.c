@@ -15,10 +15,18 @@
  * A VM that the module finds at load time, roots zapped while in use
  * included, must be broken down exactly as a twin VM that did the same
  * under the module all along: the module learns of the first VM's pages
- * all at once as it loads, of the twin's one event at a time.
+ * all at once as it loads, of the twin's one event at a time.  So must a VM
+ * whose vCPU kept allocating and zapping pages while the load walked its
+ * pages, dropping mmu_lock on the way, once it has built all its pages anew.
+ *
+ * Every VM is attached and shown, also the one that got the fd number of a
+ * VM that outlived its fd, which KVM's debugfs has no directory for: the
+ * module's totals count every VM, as KVM's global count does.
  */
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -82,15 +90,20 @@ static bool module_loaded(void)
 	return __module_loaded(MODULE_NAME);
 }
 
-/* finit_module() of @path: 0 or its errno. */
-static int load_module(const char *path)
+/* finit_module() of @path with @params: 0 or its errno. */
+static int load_module_params(const char *path, const char *params)
 {
 	int fd = open_path_or_exit(path, O_RDONLY | O_CLOEXEC);
-	int r = syscall(SYS_finit_module, fd, "", 0);
+	int r = syscall(SYS_finit_module, fd, params, 0);
 	int err = errno;
 
 	close(fd);
 	return r ? err : 0;
+}
+
+static int load_module(const char *path)
+{
+	return load_module_params(path, "");
 }
 
 static void unload_module(const char *name)
@@ -471,6 +484,563 @@ TEST_F_TIMEOUT(big_vms, breakdown_found_at_load, 1800)
 		toggle_module(module);
 }
 
+/*
+ * What a test that loads and unloads the module found, to leave it so.
+ * The fixtures below put it back from the parent, so that a test that
+ * fails or times out halfway leaves the module as found too.
+ */
+struct module_state {
+	const char *path;
+	bool was_loaded;
+};
+
+/* Why a test of the module with VMs that hold shadow pages cannot run here. */
+static const char *module_test_skip_reason(void)
+{
+	const char *module = getenv(MODULE_ENV);
+
+	if (!module || access(module, R_OK))
+		return MODULE_ENV " does not name a readable " MODULE_NAME ".ko";
+	if (!have_kvm_debugfs())
+		return KVM_DEBUGFS " is missing";
+	if (kvm_is_tdp_enabled() && !have_nested_npt())
+		return BUSY_VM_SKIP_REASON;
+	return NULL;
+}
+
+static void save_module_state(struct module_state *state)
+{
+	state->path = getenv(MODULE_ENV);
+	state->was_loaded = module_loaded();
+}
+
+static void set_module_loaded(const struct module_state *state, bool loaded)
+{
+	if (module_loaded() != loaded)
+		toggle_module(state->path);
+}
+
+static void restore_module_state(const struct module_state *state)
+{
+	set_module_loaded(state, state->was_loaded);
+}
+
+/* Far above the fds a test opens otherwise, far below RLIMIT_NOFILE. */
+#define MOVED_FD_MIN		512
+
+static int move_fd_up(int fd)
+{
+	int moved = fcntl(fd, F_DUPFD, MOVED_FD_MIN);
+
+	TEST_ASSERT(moved >= MOVED_FD_MIN, "fcntl(%d, F_DUPFD, %d) failed",
+		    fd, MOVED_FD_MIN);
+	TEST_ASSERT(!close(fd), "close(%d) failed", fd);
+	return moved;
+}
+
+/*
+ * @vm outlives its fd number, which KVM named it after: its fd moves up,
+ * and so does the /dev/kvm fd it was created from, as the library opens
+ * /dev/kvm right before KVM_CREATE_VM.  The next VM then gets both numbers
+ * back, and the VM's name.  Returns that fd number.
+ */
+static int vm_give_up_fd(struct kvm_vm *vm)
+{
+	int fd = vm->fd;
+
+	vm->kvm_fd = move_fd_up(vm->kvm_fd);
+	vm->fd = move_fd_up(vm->fd);
+	return fd;
+}
+
+/* The breakdown directory @dir must be @what's, with @what's @count pages. */
+static void assert_vm_dir(const char *dir, int fd, u64 count, const char *what)
+{
+	struct sp_breakdown bd;
+
+	TEST_ASSERT(!access(dir, F_OK), "%s has no breakdown: %s is missing",
+		    what, dir);
+	read_breakdown_dir(dir, &bd);
+	assert_breakdown_vm_file(dir, getpid(), fd);
+	TEST_ASSERT(bd.totals.pages == count,
+		    "%s/totals: pages %lu, expected %lu, the mmu_shadow_pages of %s",
+		    dir, bd.totals.pages, count, what);
+}
+
+/*
+ * VM A outlives its fd number: the fd moves elsewhere, and VM B, created
+ * next, gets the number.  KVM names a VM's debugfs directory <pid>-<fd>
+ * after the number the VM was created with, so it has "<pid>-<fd>" for A
+ * and, logging "duplicate directory", none for B; its global count has
+ * both.  The module must attach and show both VMs all the same, whether it
+ * was loaded before they were created or after: A, attached first, under
+ * KVM's name, B under <pid>-<fd>.1, each with its own pages, and its
+ * global totals must count both, as KVM's global count does.  The VMs touch
+ * different numbers of regions, so that their pages tell them apart.  When
+ * they go, so do their directories.
+ */
+FIXTURE(vm_name_taken) {
+	struct module_state module;
+};
+
+FIXTURE_VARIANT(vm_name_taken) {
+	bool load_after_vms;
+};
+
+FIXTURE_VARIANT_ADD(vm_name_taken, module_loaded_first) {
+	.load_after_vms = false,
+};
+
+FIXTURE_VARIANT_ADD(vm_name_taken, module_loaded_last) {
+	.load_after_vms = true,
+};
+
+FIXTURE_SETUP(vm_name_taken)
+{
+	const char *reason = module_test_skip_reason();
+
+	if (reason)
+		SKIP(return, "%s", reason);
+	save_module_state(&self->module);
+}
+
+FIXTURE_TEARDOWN_PARENT(vm_name_taken)
+{
+	restore_module_state(&self->module);
+}
+
+/* A debug kernel's TCG guest is ten times slower than the harness's 30 s allow. */
+TEST_F_TIMEOUT(vm_name_taken, fd_reuse, 600)
+{
+	static const char * const names[2] = { "VM A", "VM B" };
+	const int nr_regions[2] = { NR_REGIONS, 2 * NR_REGIONS };
+	char dirs[2][PATH_MAX], path[PATH_MAX];
+	u64 counts[2], baseline, count;
+	struct kvm_vcpu *vcpus[2];
+	struct sp_breakdown top;
+	struct kvm_vm *vms[2];
+	int fd, i, r;
+
+	set_module_loaded(&self->module, !variant->load_after_vms);
+	baseline = global_shadow_pages();
+
+	vms[0] = create_busy_vm(&vcpus[0], nr_regions[0]);
+	touch_regions(vcpus[0], nr_regions[0]);
+	fd = vm_give_up_fd(vms[0]);
+	vms[1] = create_busy_vm(&vcpus[1], nr_regions[1]);
+	TEST_ASSERT(vms[1]->fd == fd,
+		    "VM B got fd %d, expected %d, the number VM A gave up",
+		    vms[1]->fd, fd);
+	touch_regions(vcpus[1], nr_regions[1]);
+
+	/*
+	 * The counts come from the stats fds alone: the library finds a VM's
+	 * directories by vm->fd, which names neither of these VMs' own.
+	 */
+	for (i = 0; i < 2; i++)
+		counts[i] = vm_get_stat(vms[i], mmu_shadow_pages);
+	TEST_ASSERT(counts[0] && counts[1] > counts[0],
+		    "VM A has %lu shadow pages, VM B %lu, expected more in B, which touched %d regions to A's %d",
+		    counts[0], counts[1], nr_regions[1], nr_regions[0]);
+
+	/* What KVM shows: A under the name, B nowhere but in the global count. */
+	snprintf(path, sizeof(path), KVM_DEBUGFS "/%d-%d/mmu_shadow_pages",
+		 getpid(), fd);
+	count = read_debugfs_count(path);
+	TEST_ASSERT(count == counts[0],
+		    "%s is %lu, expected %lu, the count of VM A, created first",
+		    path, count, counts[0]);
+	count = global_shadow_pages();
+	TEST_ASSERT(count == baseline + counts[0] + counts[1],
+		    "Global mmu_shadow_pages is %lu, expected %lu, VM A's %lu and VM B's %lu more than before",
+		    count, baseline + counts[0] + counts[1], counts[0], counts[1]);
+
+	if (variant->load_after_vms)
+		toggle_module(self->module.path);
+	if (!have_breakdown())
+		SKIP(return, MODULE_NAME ".ko keeps no breakdown in " BREAKDOWN_DEBUGFS);
+
+	/* Attached in the order they were created, at load time too. */
+	snprintf(dirs[0], sizeof(dirs[0]), BREAKDOWN_DEBUGFS "/%d-%d", getpid(), fd);
+	snprintf(dirs[1], sizeof(dirs[1]), BREAKDOWN_DEBUGFS "/%d-%d.1", getpid(), fd);
+	for (i = 0; i < 2; i++)
+		assert_vm_dir(dirs[i], fd, counts[i], names[i]);
+	snprintf(path, sizeof(path), BREAKDOWN_DEBUGFS "/%d-%d.2", getpid(), fd);
+	TEST_ASSERT(access(path, F_OK),
+		    "%s exists, expected two VMs named after fd %d, not three",
+		    path, fd);
+
+	read_breakdown_dir(BREAKDOWN_DEBUGFS, &top);
+	TEST_ASSERT(top.totals.pages == count,
+		    "%s/totals: pages %lu, expected %lu, KVM's global mmu_shadow_pages, with VM A's %lu and VM B's %lu",
+		    BREAKDOWN_DEBUGFS,
+		    top.totals.pages, count, counts[0], counts[1]);
+	r = assert_global_breakdown(NULL);
+	TEST_ASSERT(!r, "%d VMs in " KVM_DEBUGFS " have no breakdown, expected none", r);
+
+	/* B's directory goes with B, A's stays, then goes with A. */
+	kvm_vm_free(vms[1]);
+	TEST_ASSERT(access(dirs[1], F_OK), "%s is left after VM B is gone", dirs[1]);
+	assert_vm_dir(dirs[0], fd, counts[0], names[0]);
+	kvm_vm_free(vms[0]);
+	TEST_ASSERT(access(dirs[0], F_OK), "%s is left after VM A is gone", dirs[0]);
+	read_breakdown_dir(BREAKDOWN_DEBUGFS, &top);
+	TEST_ASSERT(top.totals.pages == baseline,
+		    "%s/totals: pages %lu with both VMs gone, expected %lu as before",
+		    BREAKDOWN_DEBUGFS,
+		    top.totals.pages, baseline);
+}
+
+/*
+ * The VM of the paused walk touches more regions than its page limit lets
+ * it hold, round and round, so that every touch faults and allocates a
+ * shadow page, and every twenty or so zap the oldest pages, at the end of
+ * the list where the walk that attaches the VM ends: pages zapped before
+ * the walk reaches them, pages allocated behind it.  It holds thousands of
+ * pages all the while, and the walk drops mmu_lock every
+ * KVM_MMU_ACCOUNTANT_WALK_BATCH (512) of them.
+ */
+#define CHURN_REGIONS		(4 * HUGE_NR_REGIONS)
+#define CHURN_MMU_PAGES		(3UL * CHURN_REGIONS / 4)
+#define CHURN_AMPLE_MMU_PAGES	(2UL * CHURN_REGIONS)
+#define CHURN_BURST		16
+#define CHURN_BURSTS_PER_PASS	(CHURN_REGIONS / CHURN_BURST)
+#define CHURN_NAP_NS		100000
+#define WATCH_NAP_NS		20000
+/*
+ * The pages a load must find for its walk to pause at least four times.
+ * Under nested NPT, zapping the oldest pages zaps the children they leave
+ * without a parent too, and the VM's count drops by thousands now and then.
+ */
+#define MIN_WALK_PAGES		(4 * 512)
+/*
+ * KVM zaps the oldest pages once fewer than KVM_MIN_FREE_MMU_PAGES (5) are
+ * left below the limit, until KVM_REFILL_PAGES (25) are: a limit this far
+ * above the count makes the next fault zap 21 pages.
+ */
+#define ZAP_ON_NEXT_FAULT	4
+/*
+ * Loads that may miss the walk before the test gives up, and the bursts
+ * between two.  In a TCG guest, the walk of a few thousand pages takes
+ * less time than a sleeping thread takes to wake up: the vCPU thread runs
+ * into the walk of about one load in four.  Under nested NPT, the churn may zap all but a
+ * few pages at once: the test waits until they are back, for a while.
+ */
+#define MAX_CHURN_LOADS		40
+#define CHURN_BURSTS_PER_LOAD	16
+#define MAX_CHURN_WAITS		(4 * CHURN_BURSTS_PER_PASS / CHURN_BURSTS_PER_LOAD)
+
+/*
+ * The vCPU thread runs as a real-time thread.  Outside module loads, it
+ * touches regions a burst at a time, and sleeps a little in between, so
+ * that the loading thread gets to run.  During a load, it only looks
+ * at the VM's breakdown, until it sees the walk under way: then it touches
+ * a region, and looks again.  It sleeps a little between looks, on the
+ * CPU of the loading thread, which it preempts as soon as it wakes up and
+ * the load may be preempted: if the load is in the walk, between two
+ * batches, where it drops mmu_lock.  So all the events of the load come
+ * while the walk is paused.
+ */
+struct churn {
+	struct kvm_vcpu *vcpu;
+	pthread_t thread;
+	int first;
+	bool stop;
+	bool watch;
+	u64 nr_bursts;
+	u64 nr_looks;
+	/* The VM's breakdown directory, and the bucket of its root. */
+	char dir[PATH_MAX];
+	int root_bucket;
+	/* Touches made while the walk of the last load was under way. */
+	u64 nr_walk_touches;
+};
+
+/* Touches the next @nr regions, or fewer, up to the last. */
+static void touch_next_regions(struct churn *churn, int nr)
+{
+	nr = min(nr, CHURN_REGIONS - churn->first);
+	touch_regions_from(churn->vcpu, churn->first, nr);
+	churn->first = (churn->first + nr) % CHURN_REGIONS;
+}
+
+static u64 breakdown_found(const struct sp_breakdown *bd)
+{
+	u64 found = 0;
+	int b;
+
+	for (b = 0; b < NR_SP_BUCKETS; b++)
+		found += sp_bucket_found(&bd->bucket[b]);
+	return found;
+}
+
+/*
+ * The walk shows the root last, as the page that the VM has held longest:
+ * it is under way if it has shown pages, but not the root.
+ */
+static void watch_walk(struct churn *churn)
+{
+	struct sp_breakdown bd;
+
+	if (read_breakdown_pages(churn->dir, &bd) && breakdown_found(&bd) &&
+	    !sp_bucket_found(&bd.bucket[churn->root_bucket])) {
+		touch_next_regions(churn, 1);
+		churn->nr_walk_touches++;
+	}
+	__atomic_store_n(&churn->nr_looks, churn->nr_looks + 1, __ATOMIC_RELEASE);
+}
+
+static void *churn_regions(void *arg)
+{
+	struct timespec watch_nap = { .tv_nsec = WATCH_NAP_NS };
+	struct timespec nap = { .tv_nsec = CHURN_NAP_NS };
+	struct sched_param param = { .sched_priority = 1 };
+	struct churn *churn = arg;
+	int r;
+
+	r = pthread_setschedparam(pthread_self(), SCHED_FIFO, &param);
+	TEST_ASSERT(!r, "Failed to make the vCPU thread SCHED_FIFO: %s",
+		    strerror(r));
+	while (!READ_ONCE(churn->stop)) {
+		if (READ_ONCE(churn->watch)) {
+			watch_walk(churn);
+			nanosleep(&watch_nap, NULL);
+			continue;
+		}
+		touch_next_regions(churn, CHURN_BURST);
+		__atomic_store_n(&churn->nr_bursts, churn->nr_bursts + 1,
+				 __ATOMIC_RELEASE);
+		nanosleep(&nap, NULL);
+	}
+	return NULL;
+}
+
+/* Returns once the vCPU thread has counted @nr more in @counter. */
+static void wait_for_count(u64 *counter, u64 nr)
+{
+	u64 end = __atomic_load_n(counter, __ATOMIC_ACQUIRE) + nr;
+
+	while (__atomic_load_n(counter, __ATOMIC_ACQUIRE) < end)
+		usleep(1000);
+}
+
+/*
+ * From touching regions to watching the walk, or back: two looks, or two
+ * bursts, after asking, the one under way when asked is over.
+ */
+static void churn_watch(struct churn *churn, bool watch)
+{
+	WRITE_ONCE(churn->watch, watch);
+	wait_for_count(watch ? &churn->nr_looks : &churn->nr_bursts, 2);
+}
+
+/*
+ * The vCPU thread shares the loading thread's CPU: on a CPU of its own, it
+ * could not run into a walk of a few thousand pages, which is over before
+ * the vCPU faults once it has seen it begin.
+ */
+static void start_churn(struct churn *churn)
+{
+	cpu_set_t cpus;
+
+	CPU_ZERO(&cpus);
+	CPU_SET(sched_getcpu(), &cpus);
+	TEST_ASSERT(!sched_setaffinity(0, sizeof(cpus), &cpus),
+		    "Failed to keep the test on one CPU");
+	pthread_create(&churn->thread, NULL, churn_regions, churn);
+}
+
+static void stop_churn(struct churn *churn)
+{
+	WRITE_ONCE(churn->stop, true);
+	pthread_join(churn->thread, NULL);
+}
+
+/* KVM's own stats of a VM's shadow page events, module or not. */
+struct sp_events {
+	/* Lookups that found no page, each followed by an allocation. */
+	u64 cache_misses;
+	u64 zapped;
+	u64 pages;
+};
+
+static void read_sp_events(struct kvm_vm *vm, struct sp_events *events)
+{
+	events->cache_misses = vm_get_stat(vm, mmu_cache_miss);
+	events->zapped = vm_get_stat(vm, mmu_shadow_zapped);
+	events->pages = vm_get_stat(vm, mmu_shadow_pages);
+}
+
+/*
+ * Zaps all of the VM's shadow pages, the root in use included, lifts the
+ * limit and touches every region once more: the VM then holds the same
+ * pages whatever it did before.
+ */
+static void settle_churn_vm(struct kvm_vcpu *vcpu)
+{
+	struct kvm_vm *vm = vcpu->vm;
+
+	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)CHURN_AMPLE_MMU_PAGES);
+	vm_mem_region_delete(vm, TEST_SLOT);
+	add_touch_memslot(vm, CHURN_REGIONS);
+	touch_regions(vcpu, CHURN_REGIONS);
+}
+
+FIXTURE(module_restored) {
+	struct module_state module;
+};
+
+FIXTURE_SETUP(module_restored)
+{
+	const char *reason = module_test_skip_reason();
+
+	if (reason)
+		SKIP(return, "%s", reason);
+	save_module_state(&self->module);
+}
+
+FIXTURE_TEARDOWN_PARENT(module_restored)
+{
+	restore_module_state(&self->module);
+}
+
+/*
+ * The module loads while a vCPU faults and zaps shadow pages in a VM of
+ * thousands, as the walk that attaches the VM drops mmu_lock between its
+ * batches.  The vCPU is still from before the load until it sees the walk
+ * under way, and still again once the walk is over, so the walk starts with
+ * the pages held before the load, and the breakdown must tell every event of
+ * the load exactly: each page allocated was shown to the module as
+ * allocated, each page zapped was either shown and then zapped, or never
+ * shown, and the pages found are the pages held before the load less those
+ * zapped unshown.  Only a fault while the walk is paused zaps pages that it
+ * has not shown yet (the oldest, which it shows last) before allocating
+ * one: unless one did, the load is tried again, a few times at most.  The
+ * churn then goes on under the module and stops: the pages found stay as
+ * they were, and the buckets still sum to the count.  A page the walk missed
+ * or showed twice stays in its bucket's count until the VM has zapped every
+ * page and built them all again: its buckets must then hold the pages of a
+ * twin that did the same after the load.
+ */
+TEST_F_TIMEOUT(module_restored, paused_walk, 1800)
+{
+	u64 allocated, zapped, unshown, found, count, twin_count;
+	struct sp_breakdown bd, twin_bd;
+	struct sp_events before, after;
+	bool nested = kvm_is_tdp_enabled();
+	struct churn churn = {};
+	struct kvm_vcpu *twin_vcpu;
+	struct kvm_vm *vm, *twin;
+	int load, waits, err;
+
+	set_module_loaded(&self->module, false);
+	vm = create_busy_vm(&churn.vcpu, CHURN_REGIONS);
+	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)CHURN_MMU_PAGES);
+	snprintf(churn.dir, sizeof(churn.dir), BREAKDOWN_DEBUGFS "/%d-%d",
+		 getpid(), vm->fd);
+	churn.root_bucket = sp_bucket(shadow_root_level(vm, nested), false,
+				      nested, false);
+	/* Pages the walk shows not yet zapped, raised to the peak, may go. */
+	breakdown_allow_unseen_zaps();
+	/* Reads the stats fd's descriptors, before another thread runs. */
+	read_sp_events(vm, &before);
+	start_churn(&churn);
+	/* After a pass, the VM holds all it may and faults on every touch. */
+	wait_for_count(&churn.nr_bursts, CHURN_BURSTS_PER_PASS);
+
+	for (load = 1;; load++) {
+		TEST_ASSERT(load <= MAX_CHURN_LOADS,
+			    "In %d loads of %s, the vCPU never zapped pages not shown yet and allocated one while the walk was paused",
+			    MAX_CHURN_LOADS, MODULE_NAME);
+		for (waits = 0;; waits++) {
+			TEST_ASSERT(waits < MAX_CHURN_WAITS,
+				    "The VM held %d shadow pages or fewer for %d bursts, expected more, for the walk to pause at least 4 times",
+				    MIN_WALK_PAGES,
+				    MAX_CHURN_WAITS * CHURN_BURSTS_PER_LOAD);
+			churn_watch(&churn, true);
+			read_sp_events(vm, &before);
+			if (before.pages > MIN_WALK_PAGES)
+				break;
+			churn_watch(&churn, false);
+			wait_for_count(&churn.nr_bursts, CHURN_BURSTS_PER_LOAD);
+		}
+		churn.nr_walk_touches = 0;
+
+		vm_ioctl(vm, KVM_SET_NR_MMU_PAGES,
+			 (void *)(before.pages + ZAP_ON_NEXT_FAULT));
+		err = load_module(self->module.path);
+		TEST_ASSERT(!err, "finit_module(%s) failed: %s", self->module.path,
+			    strerror(err));
+		if (!have_breakdown()) {
+			stop_churn(&churn);
+			kvm_vm_free(vm);
+			SKIP(return, MODULE_NAME ".ko keeps no breakdown in " BREAKDOWN_DEBUGFS);
+		}
+		/* Looking again, it sees the walk over, and touches no more. */
+		wait_for_count(&churn.nr_looks, 2);
+		read_sp_events(vm, &after);
+		TEST_ASSERT(read_vm_breakdown(vm, &bd), "VM %d-%d has no breakdown",
+			    getpid(), vm->fd);
+		vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)CHURN_MMU_PAGES);
+		churn_watch(&churn, false);
+
+		allocated = after.cache_misses - before.cache_misses;
+		zapped = after.zapped - before.zapped;
+		found = breakdown_found(&bd);
+		ksft_print_msg("Load %d: %lu pages, %lu touches in the walk, +%lu -%lu pages\n",
+			       load, before.pages, churn.nr_walk_touches, allocated,
+			       zapped);
+		TEST_ASSERT(bd.totals.allocated == allocated,
+			    "Load %d: %lu pages allocated since the load, expected %lu, all those allocated while the walk was paused",
+			    load, bd.totals.allocated, allocated);
+		TEST_ASSERT(found <= before.pages,
+			    "Load %d: the walk found %lu pages, expected at most the %lu held before",
+			    load, found, before.pages);
+		unshown = before.pages - found;
+		TEST_ASSERT(bd.totals.zapped + unshown == zapped,
+			    "Load %d: %lu pages zapped since the load and %lu of %lu held before not found, expected %lu, all those zapped while the walk was paused",
+			    load, bd.totals.zapped, unshown, before.pages, zapped);
+		if (allocated && unshown)
+			break;
+		unload_module(MODULE_NAME);
+		wait_for_count(&churn.nr_bursts, CHURN_BURSTS_PER_LOAD);
+	}
+
+	/* A pass under the module, then the churn stops. */
+	wait_for_count(&churn.nr_bursts, CHURN_BURSTS_PER_PASS);
+	stop_churn(&churn);
+	count = shadow_pages(vm);
+	TEST_ASSERT(read_vm_breakdown(vm, &bd), "VM %d-%d has no breakdown",
+		    getpid(), vm->fd);
+	ksft_print_msg("After the churn: %lu pages, %lu found, %lu allocated, %lu zapped\n",
+		       count, breakdown_found(&bd), bd.totals.allocated,
+		       bd.totals.zapped);
+	TEST_ASSERT(breakdown_found(&bd) == found,
+		    "After the churn, %lu pages found at load time, expected %lu as right after the load",
+		    breakdown_found(&bd), found);
+
+	settle_churn_vm(churn.vcpu);
+	count = shadow_pages(vm);
+	read_vm_breakdown(vm, &bd);
+
+	/* The twin: the same workload, from the start under the module. */
+	twin = create_busy_vm(&twin_vcpu, CHURN_REGIONS);
+	vm_ioctl(twin, KVM_SET_NR_MMU_PAGES, (void *)CHURN_MMU_PAGES);
+	touch_regions(twin_vcpu, CHURN_REGIONS);
+	settle_churn_vm(twin_vcpu);
+	twin_count = shadow_pages(twin);
+	TEST_ASSERT(twin_count == count,
+		    "Settled, the twin has %lu shadow pages, expected %lu as the VM walked while it churned",
+		    twin_count, count);
+	TEST_ASSERT(read_vm_breakdown(twin, &twin_bd), "The twin has no breakdown");
+	assert_nothing_found(&twin_bd, "The twin, built after the load");
+	assert_breakdown_pages_equal(&twin_bd, &bd,
+				     "The VM walked while it churned, settled, against its twin");
+
+	kvm_vm_free(twin);
+	kvm_vm_free(vm);
+}
+
 /* Zap down to KVM's lowest page limit, then lift it and grow back. */
 static void zap_and_regrow(struct kvm_vcpu *vcpu, u64 counts[2])
 {
@@ -498,6 +1068,98 @@ static void assert_zap_and_regrow(struct kvm_vcpu *vcpu, const u64 expected[2],
  * before the attempt.  Tried both ways, the Rust module first and the C
  * sample first; leaves the Rust module as it found it.
  */
+/* test_kvm_mmu_accountant.ko, found next to kvm_shadow_stats.ko. */
+#define BUGGY_NAME		"test_kvm_mmu_accountant"
+#define STRAY_WRITE_PARAM	"/sys/module/" BUGGY_NAME "/parameters/stray_write"
+#define STRAY_PAGES		1000
+/* Room below the limit for the regions touched after the stray write. */
+#define STRAY_ROOM		64
+
+FIXTURE(stray) {
+	struct module_state module;
+	char buggy[PATH_MAX];
+};
+
+FIXTURE_SETUP(stray)
+{
+	const char *reason = module_test_skip_reason();
+	const char *module = getenv(MODULE_ENV);
+
+	if (reason)
+		SKIP(return, "%s", reason);
+	snprintf(self->buggy, sizeof(self->buggy), "%.*s/" BUGGY_NAME ".ko",
+		 (int)(strrchr(module, '/') - module), module);
+	if (access(self->buggy, R_OK))
+		SKIP(return, "no " BUGGY_NAME ".ko next to " MODULE_NAME ".ko");
+	save_module_state(&self->module);
+}
+
+FIXTURE_TEARDOWN_PARENT(stray)
+{
+	if (__module_loaded(BUGGY_NAME))
+		unload_module(BUGGY_NAME);
+	restore_module_state(&self->module);
+}
+
+/*
+ * KVM's MMU page limit goes by KVM's own count, not by the stat that an
+ * accountant keeps.  An accountant that adds 1000 to the stat from outside
+ * its callbacks, with the VM a few pages below its limit, makes KVM zap no
+ * page, and the stat is put right at the VM's next shadow page event, with
+ * a report naming the module: the VM ends up with the very count of a twin
+ * that nobody wrote to.  Were the limit read from the stat, the VM's next
+ * fault would find no room and zap its oldest pages.
+ */
+TEST_F_TIMEOUT(stray, stray_write, 600)
+{
+	struct kvm_vcpu *vcpu, *twin_vcpu;
+	u64 pages, twin_pages, recycled;
+	struct kvm_vm *vm, *twin;
+	char match[512], value[32];
+	int err;
+
+	set_module_loaded(&self->module, false);
+	err = load_module_params(self->buggy, "bug=none");
+	TEST_ASSERT(!err, "finit_module(%s) failed: %s", self->buggy, strerror(err));
+
+	vm = create_busy_vm(&vcpu, MANY_REGIONS);
+	twin = create_busy_vm(&twin_vcpu, MANY_REGIONS);
+	touch_regions(vcpu, NR_REGIONS);
+	touch_regions(twin_vcpu, NR_REGIONS);
+	pages = checked_shadow_pages(vm);
+	TEST_ASSERT_EQ(checked_shadow_pages(twin), pages);
+	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)(pages + STRAY_ROOM));
+	vm_ioctl(twin, KVM_SET_NR_MMU_PAGES, (void *)(pages + STRAY_ROOM));
+	recycled = vm_get_stat(vm, mmu_recycled);
+
+	/* The stray write goes to the VM of the page accounted last. */
+	touch_regions_from(twin_vcpu, NR_REGIONS, 1);
+	touch_regions_from(vcpu, NR_REGIONS, 1);
+	pages = shadow_pages(vm);
+	snprintf(value, sizeof(value), "%d", STRAY_PAGES);
+	write_file(STRAY_WRITE_PARAM, value);
+	TEST_ASSERT(shadow_pages(vm) == pages + STRAY_PAGES,
+		    "mmu_shadow_pages is %lu after the stray write, expected %lu",
+		    shadow_pages(vm), pages + STRAY_PAGES);
+
+	touch_regions_from(vcpu, NR_REGIONS + 1, NR_REGIONS);
+	touch_regions_from(twin_vcpu, NR_REGIONS + 1, NR_REGIONS);
+	TEST_ASSERT(take_accountant_report(match, sizeof(match)) &&
+		    strstr(match, "accountant of " BUGGY_NAME " left mmu_shadow_pages at"),
+		    "KVM did not report the stray write");
+	pages = checked_shadow_pages(vm);
+	twin_pages = checked_shadow_pages(twin);
+	TEST_ASSERT(pages == twin_pages,
+		    "mmu_shadow_pages is %lu after the stray write and %d more regions, expected %lu as in the twin",
+		    pages, NR_REGIONS, twin_pages);
+	TEST_ASSERT(vm_get_stat(vm, mmu_recycled) == recycled,
+		    "KVM zapped %lu pages for its page limit after the stray write, expected none",
+		    vm_get_stat(vm, mmu_recycled) - recycled);
+
+	kvm_vm_free(twin);
+	kvm_vm_free(vm);
+}
+
 TEST(second_accountant_busy)
 {
 	const char *module = getenv(MODULE_ENV), *sample = getenv(SAMPLE_ENV);

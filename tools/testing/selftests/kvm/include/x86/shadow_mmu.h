@@ -54,6 +54,7 @@ struct kvm_vm *create_touch_vm_vcpus(struct kvm_vcpu **vcpus, int nr_vcpus,
 				     int nr_regions, enum touch_mapping mapping);
 struct kvm_vm *create_busy_vm(struct kvm_vcpu **vcpu, int nr_regions);
 void touch_regions(struct kvm_vcpu *vcpu, int nr);
+void touch_regions_from(struct kvm_vcpu *vcpu, int first, int nr);
 
 u64 shadow_pages(struct kvm_vm *vm);
 void skip_breakdown_on_count_reads(void);
@@ -72,7 +73,10 @@ int assert_global_is_sum_of_vms(void);
 /*
  * kvm_shadow_stats.ko's breakdown of shadow pages by role, see
  * Documentation/shadow-page-breakdown.rst: the files exist while the module
- * is loaded, the VM directories are named like KVM's.
+ * is loaded.  A VM's directory is named <pid>-<fd> like KVM's, unless a VM
+ * that outlived its fd holds that name (KVM then gives the new VM none):
+ * then <pid>-<fd>.<n>, n the smallest free from 1 up.  Its vm file says
+ * which pid and fd the VM has.
  */
 #define BREAKDOWN_DEBUGFS	"/sys/kernel/debug/kvm_shadow_stats"
 
@@ -102,6 +106,12 @@ struct sp_bucket {
 	u64 bytes;
 };
 
+/* The pages of a bucket that the module found when it attached the VM. */
+static inline u64 sp_bucket_found(const struct sp_bucket *sb)
+{
+	return sb->pages + sb->zapped - sb->allocated;
+}
+
 /* A pages file, the totals file and the peak file, of a VM or of all. */
 struct sp_breakdown {
 	struct sp_bucket bucket[NR_SP_BUCKETS];
@@ -130,10 +140,15 @@ struct sp_delta {
 };
 
 bool have_breakdown(void);
+bool parse_breakdown_vm_name(const char *name, int *pid, int *fd,
+			     unsigned int *n);
+void assert_breakdown_vm_file(const char *dir, int pid, int fd);
 void vm_breakdown_path(struct kvm_vm *vm, const char *file, char *path,
 		       size_t size);
 bool vm_has_breakdown(struct kvm_vm *vm);
+void breakdown_allow_unseen_zaps(void);
 void read_breakdown_dir(const char *dir, struct sp_breakdown *bd);
+bool read_breakdown_pages(const char *dir, struct sp_breakdown *bd);
 bool read_vm_breakdown(struct kvm_vm *vm, struct sp_breakdown *bd);
 int assert_global_breakdown(struct sp_breakdown *global);
 int write_peak(const char *path, const char *value);
@@ -154,5 +169,11 @@ int kmsg_open_at_end(void);
  * first message holding @needle in @match, if one does.
  */
 bool kmsg_read_for(int kmsg_fd, const char *needle, char *match, size_t size);
+/*
+ * Takes KVM's report of an accountant's miscount, logged since the last read
+ * of a count, which would otherwise fail that read: true, with the report in
+ * @report, if there is one.
+ */
+bool take_accountant_report(char *report, size_t size);
 
 #endif /* SELFTEST_KVM_SHADOW_MMU_H */
