@@ -20,13 +20,23 @@
  * It prints how long the rounds took by CLOCK_MONOTONIC and how many shadow
  * page events they made.  With "--hold [REGIONS]" it builds the shadow page
  * tables of the first REGIONS regions (the demo's 256 by default, up to
- * 4096, about one shadow page each) once and then keeps the VM until killed,
+ * 262144, about one shadow page each) once and then keeps the VM until killed,
  * so that VMs of different sizes can be watched side by side.
+ *
+ * "--hold [REGIONS] --probe" also measures how long the VM's mmu_lock keeps
+ * a vCPU waiting, for the hand-over benchmark: a thread calls
+ * KVM_SET_NR_MMU_PAGES with the VM's own page limit again and again, which
+ * zaps nothing but takes mmu_lock for write each time, and times each call
+ * by CLOCK_MONOTONIC.  Each SIGUSR1 prints the longest of the calls that
+ * ended since the previous report (or since the probe started), and how
+ * many there were, and starts over.
  *
  * Built with the KVM selftest library; the stat means the same whether KVM
  * or a registered accountant such as kvm_shadow_stats.ko maintains it.
  */
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,12 +49,17 @@
 #include "processor.h"
 
 #define DEMO_GVA		0x40000000UL
+/* Where the data page is, unless memslot 0 reaches that far (create_vm()). */
 #define DEMO_DATA_GPA		0x10000000UL
 #define DEMO_DATA_SLOT		1
 /* The regions of the demo and of the churn workload. */
 #define DEMO_MAX_REGIONS	256
-/* A VM kept by --hold may be bigger, for hand-over benchmarks. */
-#define HOLD_MAX_REGIONS	4096
+/*
+ * A VM kept by --hold may be bigger, for hand-over benchmarks: 262144 regions
+ * are about 262144 shadow pages, some 3 GiB of the host's memory with the
+ * guest page tables they shadow.
+ */
+#define HOLD_MAX_REGIONS	262144
 #define DEMO_MIN_MMU_PAGES	64	/* KVM_MIN_ALLOC_MMU_PAGES */
 /* A page limit that leaves a VM of that many regions all its shadow pages. */
 #define DEMO_MMU_PAGES(regions)	(4 * (regions))
@@ -54,6 +69,8 @@
 static u64 nr_regions;
 /* Two page-table roots with the same mappings, or 0 to stay on one. */
 static u64 root_a, root_b;
+/* The guest physical address of the data page. */
+static u64 data_gpa = DEMO_DATA_GPA;
 
 static void guest_code(void)
 {
@@ -142,8 +159,9 @@ static void set_mmu_pages(struct kvm_vm *vm, u64 limit)
 /* A VM with REGIONS regions mapped, none of them touched yet. */
 static struct kvm_vm *create_vm(struct kvm_vcpu **vcpu, u64 regions)
 {
+	struct kvm_userspace_memory_region2 *slot0;
 	struct kvm_vm *vm;
-	u64 i;
+	u64 i, end;
 
 	/*
 	 * The library sizes the room for guest page tables by the memory a
@@ -153,11 +171,15 @@ static struct kvm_vm *create_vm(struct kvm_vcpu **vcpu, u64 regions)
 	/*
 	 * Every region maps the same data page, in a memslot of its own so
 	 * that deleting it zaps shadow pages without touching the page tables.
+	 * Memslot 0 grows with the room for page tables: past 32,000 regions
+	 * or so, the data page goes after it.
 	 */
-	vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, DEMO_DATA_GPA,
-				    DEMO_DATA_SLOT, 1, 0);
+	slot0 = &memslot2region(vm, 0)->region;
+	end = slot0->guest_phys_addr + slot0->memory_size;
+	data_gpa = end > DEMO_DATA_GPA ? (end + SZ_2M - 1) & ~(SZ_2M - 1UL) : DEMO_DATA_GPA;
+	vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, data_gpa, DEMO_DATA_SLOT, 1, 0);
 	for (i = 0; i < regions; i++)
-		virt_pg_map(vm, DEMO_GVA + i * SZ_2M, DEMO_DATA_GPA);
+		virt_pg_map(vm, DEMO_GVA + i * SZ_2M, data_gpa);
 	set_mmu_pages(vm, DEMO_MMU_PAGES(regions));
 	return vm;
 }
@@ -222,7 +244,7 @@ static void run_churn(u64 rounds)
 		if (round % CHURN_SLOT_EVERY)
 			continue;
 		vm_mem_region_delete(vm, DEMO_DATA_SLOT);
-		vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, DEMO_DATA_GPA,
+		vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, data_gpa,
 					    DEMO_DATA_SLOT, 1, 0);
 	}
 	elapsed = now_ns() - start;
@@ -238,16 +260,120 @@ static void run_churn(u64 rounds)
 	kvm_vm_free(vm);
 }
 
-static void hold_regions(u64 nr)
+/* The --probe thread, and its report of the calls since the last one. */
+struct probe {
+	struct kvm_vm *vm;
+	/* The VM's page limit, as create_vm() set it. */
+	u64 limit;
+	pthread_mutex_t lock;
+	pthread_cond_t reported;
+	/* Set to ask for a report, cleared by the thread with the report. */
+	bool asked;
+	u64 longest_ns;
+	u64 calls;
+};
+
+/*
+ * KVM_SET_NR_MMU_PAGES with the VM's own limit, in a loop: each call takes
+ * mmu_lock for write and, the VM holding fewer pages than the limit, zaps
+ * nothing (kvm_mmu_change_mmu_pages()).  So the longest call is the longest
+ * a vCPU faulting in a page would have waited for mmu_lock, plus the
+ * call's own cost, about a microsecond, and whatever kept the thread off its
+ * CPU (under QEMU -icount, the other vCPU's turns: scripts/bench says how
+ * long).  KVM_GET_NR_MMU_PAGES, which would read the limit back, is gone
+ * from the kernel; the limit is the one this program set.  The report is
+ * made between two calls, so that a call counts in the report that follows
+ * its end: after SIGSTOP and SIGCONT, the call that spanned the stop is in
+ * the next report.
+ */
+static void *probe_mmu_lock(void *arg)
 {
+	u64 start, ns, longest = 0, calls = 0;
+	struct probe *probe = arg;
+	int ret;
+
+	for (;;) {
+		start = now_ns();
+		ret = ioctl(probe->vm->fd, KVM_SET_NR_MMU_PAGES, probe->limit);
+		ns = now_ns() - start;
+		TEST_ASSERT(!ret, "KVM_SET_NR_MMU_PAGES %lu failed: %s", probe->limit,
+			    strerror(errno));
+		if (ns > longest)
+			longest = ns;
+		calls++;
+		if (!__atomic_load_n(&probe->asked, __ATOMIC_ACQUIRE))
+			continue;
+		pthread_mutex_lock(&probe->lock);
+		probe->longest_ns = longest;
+		probe->calls = calls;
+		probe->asked = false;
+		pthread_cond_signal(&probe->reported);
+		pthread_mutex_unlock(&probe->lock);
+		longest = 0;
+		calls = 0;
+	}
+	return NULL;
+}
+
+/*
+ * Start the probe thread, then print its report on each SIGUSR1:
+ * "probe: longest KVM_SET_NR_MMU_PAGES NS ns of CALLS calls".
+ */
+static void probe_until_killed(struct kvm_vm *vm, u64 limit, u64 pages)
+{
+	struct probe probe = {
+		.vm = vm,
+		.limit = limit,
+		.lock = PTHREAD_MUTEX_INITIALIZER,
+		.reported = PTHREAD_COND_INITIALIZER,
+	};
+	pthread_t thread;
+	sigset_t usr1;
+	u64 now;
+
+	/* The thread inherits the mask: the signal is this thread's. */
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	TEST_ASSERT(!pthread_sigmask(SIG_BLOCK, &usr1, NULL), "blocking SIGUSR1 failed");
+	TEST_ASSERT(!pthread_create(&thread, NULL, probe_mmu_lock, &probe),
+		    "creating the probe thread failed");
+	printf("probing mmu_lock: KVM_SET_NR_MMU_PAGES %lu in a loop, SIGUSR1 reports\n", limit);
+	printf("holding %lu shadow pages\n", pages);
+	fflush(stdout);
+	for (;;) {
+		/* SIGSTOP and SIGCONT make it fail with EINTR (signal(7)). */
+		if (sigwaitinfo(&usr1, NULL) < 0) {
+			TEST_ASSERT(errno == EINTR, "sigwaitinfo failed: %s", strerror(errno));
+			continue;
+		}
+		pthread_mutex_lock(&probe.lock);
+		__atomic_store_n(&probe.asked, true, __ATOMIC_RELEASE);
+		while (probe.asked)
+			pthread_cond_wait(&probe.reported, &probe.lock);
+		printf("probe: longest KVM_SET_NR_MMU_PAGES %lu ns of %lu calls\n",
+		       probe.longest_ns, probe.calls);
+		pthread_mutex_unlock(&probe.lock);
+		fflush(stdout);
+		/* The probe must not have changed what it measures. */
+		now = vm_get_stat(vm, mmu_shadow_pages);
+		TEST_ASSERT(now == pages, "the VM holds %lu shadow pages instead of %lu", now,
+			    pages);
+	}
+}
+
+static void hold_regions(u64 nr, bool probe)
+{
+	u64 size = nr > DEMO_MAX_REGIONS ? nr : DEMO_MAX_REGIONS;
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 
 	TEST_ASSERT(nr && nr <= HOLD_MAX_REGIONS, "--hold takes 1 to %d regions, not %lu",
 		    HOLD_MAX_REGIONS, nr);
 	/* Up to the demo's size, the very VM of the demo. */
-	vm = create_vm(&vcpu, nr > DEMO_MAX_REGIONS ? nr : DEMO_MAX_REGIONS);
+	vm = create_vm(&vcpu, size);
 	run_pass(vm, vcpu, nr);
+	if (probe)
+		probe_until_killed(vm, DEMO_MMU_PAGES(size), vm_get_stat(vm, mmu_shadow_pages));
 	printf("holding %lu shadow pages\n", vm_get_stat(vm, mmu_shadow_pages));
 	fflush(stdout);
 	pause();
@@ -255,13 +381,16 @@ static void hold_regions(u64 nr)
 
 int main(int argc, char *argv[])
 {
-	if (argc == 3 && !strcmp(argv[1], "--churn"))
+	bool probe = argc > 2 && !strcmp(argv[argc - 1], "--probe");
+
+	if (argc == 3 && !probe && !strcmp(argv[1], "--churn"))
 		run_churn(strtoull(argv[2], NULL, 0));
-	else if ((argc == 2 || argc == 3) && !strcmp(argv[1], "--hold"))
-		hold_regions(argc == 3 ? strtoull(argv[2], NULL, 0) : DEMO_MAX_REGIONS);
+	else if (argc - probe >= 2 && argc - probe <= 3 && !strcmp(argv[1], "--hold"))
+		hold_regions(argc - probe == 3 ? strtoull(argv[2], NULL, 0) : DEMO_MAX_REGIONS,
+			     probe);
 	else if (argc == 1)
 		demo();
 	else
-		TEST_FAIL("usage: %s [--churn ROUNDS | --hold [REGIONS]]", argv[0]);
+		TEST_FAIL("usage: %s [--churn ROUNDS | --hold [REGIONS] [--probe]]", argv[0]);
 	return 0;
 }

@@ -940,7 +940,7 @@ TEST_F_TIMEOUT(module_restored, paused_walk, 1800)
 		 getpid(), vm->fd);
 	churn.root_bucket = sp_bucket(shadow_root_level(vm, nested), false,
 				      nested, false);
-	/* Pages the walk shows not yet zapped, raised to the peak, may go. */
+	/* A page zapped before the walk shows it leaves a count the peak had. */
 	breakdown_allow_unseen_zaps();
 	/* Reads the stats fd's descriptors, before another thread runs. */
 	read_sp_events(vm, &before);
