@@ -15,7 +15,10 @@ use core::{
 };
 
 use crate::kvm::PageRole;
-use kernel::prelude::kunit_tests;
+use kernel::{
+    error::{code::EINVAL, Result},
+    prelude::kunit_tests,
+};
 
 /// One bucket per value of `level | direct << 3 | guest_mode << 4 | smm << 5`.
 pub(crate) const NR_BUCKETS: usize = 64;
@@ -126,6 +129,11 @@ impl Counters {
         zapped.store(zapped.load(Relaxed).wrapping_add(1), Release);
     }
 
+    /// The most pages the VM held since it was attached or its peak was last reset.
+    pub(crate) fn peak(&self) -> u64 {
+        self.peak.load(Relaxed)
+    }
+
     /// Sets the peak to the pages held now.
     ///
     /// Not under the VM's `mmu_lock`: an allocation that raises the peak at the same time may
@@ -144,11 +152,13 @@ impl Counters {
 }
 
 /// The counters of one VM, or their sums over several, as read at one time.
+///
+/// Without the peak: the sum of several VMs' peaks is the peak of nothing, as the VMs peak at
+/// different times, and it drops when one of them goes.
 pub(crate) struct Snapshot {
     found: [u64; NR_BUCKETS],
     allocated: [u64; NR_BUCKETS],
     zapped: [u64; NR_BUCKETS],
-    peak: u64,
 }
 
 impl Default for Snapshot {
@@ -157,13 +167,12 @@ impl Default for Snapshot {
             found: [0; NR_BUCKETS],
             allocated: [0; NR_BUCKETS],
             zapped: [0; NR_BUCKETS],
-            peak: 0,
         }
     }
 }
 
 impl Snapshot {
-    /// Adds a VM's counters: the sums over all VMs are their totals and the sum of their peaks.
+    /// Adds a VM's counters.
     pub(crate) fn add(&mut self, counters: &Counters) {
         for bucket in 0..NR_BUCKETS {
             // The zaps first, with an acquire load that pairs with the release store of
@@ -176,7 +185,6 @@ impl Snapshot {
             self.allocated[bucket] += counters.allocated[bucket].load(Relaxed);
             self.zapped[bucket] += zapped;
         }
-        self.peak += counters.peak.load(Relaxed);
     }
 
     /// Pages of `bucket` held when read. [`Snapshot::add`] loads the counters so that this cannot
@@ -222,11 +230,17 @@ impl Snapshot {
         Ok(())
     }
 
-    /// The `totals` file: one `key value` line per key.
-    pub(crate) fn write_totals(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// The `totals` file: one `key value` line per key, with a VM's `peak` after its `pages`.
+    pub(crate) fn write_totals(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        peak: Option<u64>,
+    ) -> fmt::Result {
         let pages = self.pages();
         writeln!(f, "pages {pages}")?;
-        writeln!(f, "peak {}", self.peak)?;
+        if let Some(peak) = peak {
+            writeln!(f, "peak {peak}")?;
+        }
         writeln!(f, "allocated {}", self.sum(|bucket| self.allocated[bucket]))?;
         writeln!(f, "zapped {}", self.sum(|bucket| self.zapped[bucket]))?;
         writeln!(
@@ -236,22 +250,25 @@ impl Snapshot {
         )?;
         writeln!(f, "page_table_bytes {}", pages.wrapping_mul(PAGE_SIZE))
     }
-
-    /// The `peak` file.
-    pub(crate) fn write_peak(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.peak)
-    }
 }
 
-/// Whether a write to a `peak` file asks for a reset: `0`, optionally with a trailing newline.
-pub(crate) fn is_peak_reset(input: &[u8]) -> bool {
-    matches!(input, b"0" | b"0\n")
+/// Checks that a write of `len` bytes to a `peak` file asks for a reset: `0`, optionally with a
+/// trailing newline. `copy` copies the bytes written into the buffer it is given, which is only
+/// as long as a reset, so that a longer write fails before anything is copied.
+pub(crate) fn check_peak_reset(len: usize, copy: impl FnOnce(&mut [u8]) -> Result) -> Result {
+    let mut buf = [0u8; 2];
+    let written = buf.get_mut(..len).ok_or(EINVAL)?;
+    copy(written)?;
+    match &*written {
+        b"0" | b"0\n" => Ok(()),
+        _ => Err(EINVAL),
+    }
 }
 
 #[kunit_tests(kvm_shadow_stats_breakdown)]
 mod tests {
     use super::*;
-    use kernel::{prelude::*, str::CString};
+    use kernel::{error::code::EFAULT, str::CString};
 
     fn role(word: u32) -> PageRole {
         PageRole::from_word(word)
@@ -312,11 +329,11 @@ mod tests {
         }
     }
 
-    struct Totals<'a>(&'a Snapshot);
+    struct Totals<'a>(&'a Snapshot, Option<u64>);
 
     impl fmt::Display for Totals<'_> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            self.0.write_totals(f)
+            self.0.write_totals(f, self.1)
         }
     }
 
@@ -345,8 +362,12 @@ mod tests {
               1 1 1 0 1 1 0 4096\n"
         );
         assert_eq!(
-            text(format_args!("{}", Totals(&snapshot)))?.to_bytes(),
+            text(format_args!("{}", Totals(&snapshot, Some(vm.peak()))))?.to_bytes(),
             b"pages 3\npeak 4\nallocated 2\nzapped 1\nbytes 16384\npage_table_bytes 12288\n"
+        );
+        assert_eq!(
+            text(format_args!("{}", Totals(&snapshot, None)))?.to_bytes(),
+            b"pages 3\nallocated 2\nzapped 1\nbytes 16384\npage_table_bytes 12288\n"
         );
         Ok(())
     }
@@ -362,14 +383,42 @@ mod tests {
         vm.allocated(leaf, 3);
         vm.zapped(leaf);
         vm.zapped(leaf);
-        assert_eq!(vm.snapshot().peak, 3);
+        assert_eq!(vm.peak(), 3);
         vm.reset_peak();
-        assert_eq!(vm.snapshot().peak, 1);
-        assert!(is_peak_reset(b"0"));
-        assert!(is_peak_reset(b"0\n"));
-        assert!(!is_peak_reset(b"1"));
-        assert!(!is_peak_reset(b"00"));
-        assert!(!is_peak_reset(b""));
+        assert_eq!(vm.peak(), 1);
+    }
+
+    /// What `check_peak_reset()` makes of `written`, copied as a write would.
+    fn peak_write(written: &[u8]) -> Result {
+        check_peak_reset(written.len(), |buf| {
+            buf.copy_from_slice(written);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn only_a_zero_resets_the_peak() {
+        assert_eq!(peak_write(b"0"), Ok(()));
+        assert_eq!(peak_write(b"0\n"), Ok(()));
+        for refused in [&b""[..], b"1", b"00", b"\n", b"0 ", b"00000", b"0\n\n\n\n"] {
+            assert_eq!(peak_write(refused), Err(EINVAL));
+        }
+    }
+
+    #[test]
+    fn a_long_write_fails_before_it_is_copied() {
+        let mut copied = false;
+        let result = check_peak_reset(4096, |_| {
+            copied = true;
+            Ok(())
+        });
+        assert_eq!(result, Err(EINVAL));
+        assert!(!copied);
+    }
+
+    #[test]
+    fn a_failed_copy_fails_the_write() {
+        assert_eq!(check_peak_reset(1, |_| Err(EFAULT)), Err(EFAULT));
     }
 
     #[test]
@@ -383,6 +432,5 @@ mod tests {
         all.add(&a);
         all.add(&b);
         assert_eq!(all.pages(), 3);
-        assert_eq!(all.peak, 3);
     }
 }

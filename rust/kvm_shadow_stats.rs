@@ -27,7 +27,7 @@ use kernel::{
 mod breakdown;
 pub mod kvm;
 
-use breakdown::{bucket_of, is_peak_reset, Counters, Snapshot};
+use breakdown::{bucket_of, check_peak_reset, Counters, Snapshot};
 use kvm::{Accountant, AccountingVm, LockedVm, PageRole, Registration, Vm, VmData};
 
 module! {
@@ -72,7 +72,7 @@ type VmEntry = Scope<AttachedVm>;
 /// A file that sums over all VMs.
 type AllVmsFile = Pin<KBox<File<Arc<Registry>>>>;
 
-/// The VMs attached, for the files that sum over them.
+/// The VMs attached, each in a directory of its own, for the files that sum over them.
 #[pin_data]
 struct Registry {
     dir: Dir,
@@ -81,6 +81,54 @@ struct Registry {
 }
 
 impl Registry {
+    fn new(name: &CStr) -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                dir: Dir::new(name),
+                vms <- new_mutex!(KVec::new()),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Lists the VM that process `pid` created as `fd`, in a directory named after it.
+    fn attach(&self, pid: i32, fd: i32) -> Result<Arc<VmEntry>> {
+        // KVM attaches and detaches one VM at a time, so no other VM takes the name chosen
+        // here before the VM is listed, and the directory of a VM detached before is gone.
+        let mut vms = self.vms.lock();
+        let mut name = VmName { pid, fd, n: 0 };
+        while vms.iter().any(|listed| listed.name == name) {
+            name.n += 1;
+        }
+        let dir_name = name.to_cstring()?;
+        let attached = AttachedVm {
+            name,
+            counters: Counters::new(),
+        };
+        let dir = self.dir.scope(attached, &dir_name, |vm, dir| {
+            dir.read_callback_file(c"vm", vm, &write_vm);
+            dir.read_callback_file(c"pages", vm, &write_pages);
+            dir.read_callback_file(c"totals", vm, &write_totals);
+            dir.read_write_callback_file(c"peak", vm, &write_peak, &reset_peak);
+        });
+        // Charged to the VM's creator, or to whoever loads the module.
+        let entry = Arc::pin_init(dir, GFP_KERNEL_ACCOUNT)?;
+        vms.push(entry.clone(), GFP_KERNEL_ACCOUNT)?;
+        Ok(entry)
+    }
+
+    /// Unlists a VM; its files go with the last reference to `entry`.
+    fn detach(&self, entry: Arc<VmEntry>) {
+        let listed = {
+            let mut vms = self.vms.lock();
+            let i = vms.iter().position(|vm| Arc::ptr_eq(vm, &entry));
+            i.and_then(|i| vms.remove(i).ok())
+        };
+        // The last reference, `listed` or `entry`, removes the VM's files, which waits for their
+        // readers: not under the lock that the readers of the files of all VMs take.
+        drop(listed);
+    }
+
     fn sum(&self) -> Snapshot {
         let mut all = Snapshot::default();
         for vm in self.vms.lock().iter() {
@@ -119,11 +167,12 @@ fn write_pages(vm: &AttachedVm, f: &mut fmt::Formatter<'_>) -> fmt::Result {
 }
 
 fn write_totals(vm: &AttachedVm, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    vm.counters.snapshot().write_totals(f)
+    let snapshot = vm.counters.snapshot();
+    snapshot.write_totals(f, Some(vm.counters.peak()))
 }
 
 fn write_peak(vm: &AttachedVm, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    vm.counters.snapshot().write_peak(f)
+    writeln!(f, "{}", vm.counters.peak())
 }
 
 /// The `vm` file: which VM the directory is about, whatever its name.
@@ -132,23 +181,8 @@ fn write_vm(vm: &AttachedVm, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "fd {}", vm.name.fd)
 }
 
-/// Reads what is written to a `peak` file: `Ok(())` if it asks for a reset, `EINVAL` otherwise.
-fn read_peak_reset(input: &mut UserSliceReader) -> Result {
-    let mut buf = [0u8; 4];
-    let len = input.len();
-    if len > buf.len() {
-        return Err(EINVAL);
-    }
-    input.read_slice(&mut buf[..len])?;
-    if is_peak_reset(&buf[..len]) {
-        Ok(())
-    } else {
-        Err(EINVAL)
-    }
-}
-
 fn reset_peak(vm: &AttachedVm, input: &mut UserSliceReader) -> Result {
-    read_peak_reset(input)?;
+    check_peak_reset(input.len(), |buf| input.read_slice(buf))?;
     vm.counters.reset_peak();
     Ok(())
 }
@@ -158,57 +192,14 @@ fn write_all_pages(registry: &Arc<Registry>, f: &mut fmt::Formatter<'_>) -> fmt:
 }
 
 fn write_all_totals(registry: &Arc<Registry>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    registry.sum().write_totals(f)
-}
-
-fn write_all_peak(registry: &Arc<Registry>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    registry.sum().write_peak(f)
-}
-
-fn reset_all_peaks(registry: &Arc<Registry>, input: &mut UserSliceReader) -> Result {
-    read_peak_reset(input)?;
-    for vm in registry.vms.lock().iter() {
-        vm.counters.reset_peak();
-    }
-    Ok(())
-}
-
-impl ShadowPageCounter {
-    fn attach_vm(&self, vm: &Vm) -> Result<Arc<VmEntry>> {
-        // KVM attaches and detaches one VM at a time, so no other VM takes the name chosen
-        // here before the VM is listed, and the directory of a VM detached before is gone.
-        let mut vms = self.registry.vms.lock();
-        let mut name = VmName {
-            pid: vm.pid(),
-            fd: vm.fd(),
-            n: 0,
-        };
-        while vms.iter().any(|listed| listed.name == name) {
-            name.n += 1;
-        }
-        let dir_name = name.to_cstring()?;
-        let attached = AttachedVm {
-            name,
-            counters: Counters::new(),
-        };
-        let dir = self.registry.dir.scope(attached, &dir_name, |vm, dir| {
-            dir.read_callback_file(c"vm", vm, &write_vm);
-            dir.read_callback_file(c"pages", vm, &write_pages);
-            dir.read_callback_file(c"totals", vm, &write_totals);
-            dir.read_write_callback_file(c"peak", vm, &write_peak, &reset_peak);
-        });
-        // Charged to the VM's creator, or to whoever loads the module.
-        let entry = Arc::pin_init(dir, GFP_KERNEL_ACCOUNT)?;
-        vms.push(entry.clone(), GFP_KERNEL_ACCOUNT)?;
-        Ok(entry)
-    }
+    registry.sum().write_totals(f, None)
 }
 
 impl Accountant for ShadowPageCounter {
     type VmData = Arc<VmEntry>;
 
     fn attach(&self, vm: &Vm) -> Result<Arc<VmEntry>> {
-        self.attach_vm(vm).inspect_err(|err| {
+        self.registry.attach(vm.pid(), vm.fd()).inspect_err(|err| {
             pr_warn!(
                 "{}-{}: no breakdown for this VM: error {}\n",
                 vm.pid(),
@@ -219,14 +210,7 @@ impl Accountant for ShadowPageCounter {
     }
 
     fn detach(&self, _vm: &Vm, data: Arc<VmEntry>) {
-        let listed = {
-            let mut vms = self.registry.vms.lock();
-            let i = vms.iter().position(|vm| Arc::ptr_eq(vm, &data));
-            i.and_then(|i| vms.remove(i).ok())
-        };
-        // The last reference removes the VM's files, which waits for their readers: not under
-        // the lock that the readers of the files of all VMs take.
-        drop(listed);
+        self.registry.detach(data);
     }
 
     fn adopt(vm: &LockedVm, data: VmData<'_, Self>, role: PageRole, _gfn: u64) {
@@ -257,27 +241,18 @@ struct KvmShadowStats {
     _registration: Registration<ShadowPageCounter>,
     _pages: AllVmsFile,
     _totals: AllVmsFile,
-    _peak: AllVmsFile,
 }
 
 impl KvmShadowStats {
     fn new(module: &'static ThisModule) -> Result<Self> {
-        let registry = Arc::pin_init(
-            pin_init!(Registry {
-                dir: Dir::new(c"kvm_shadow_stats"),
-                vms <- new_mutex!(KVec::new()),
-            }),
-            GFP_KERNEL,
-        )?;
+        let registry = Registry::new(c"kvm_shadow_stats")?;
         let dir = &registry.dir;
         let all = || registry.clone();
         let pages = dir.read_callback_file(c"pages", all(), &write_all_pages);
         let totals = dir.read_callback_file(c"totals", all(), &write_all_totals);
-        let peak = dir.read_write_callback_file(c"peak", all(), &write_all_peak, &reset_all_peaks);
         Ok(Self {
             _pages: KBox::pin_init(pages, GFP_KERNEL)?,
             _totals: KBox::pin_init(totals, GFP_KERNEL)?,
-            _peak: KBox::pin_init(peak, GFP_KERNEL)?,
             _registration: Registration::new(module, ShadowPageCounter { registry })?,
         })
     }
@@ -301,5 +276,57 @@ impl Drop for KvmShadowStats {
     fn drop(&mut self) {
         // The registration, dropped right after this, hands the accounting back to KVM.
         pr_info!("handing shadow page accounting back to KVM\n");
+    }
+}
+
+#[kunit_tests(kvm_shadow_stats_registry)]
+mod tests {
+    use super::*;
+
+    /// A registry beside the module's, whose directory the suite's run at load already holds.
+    fn registry() -> Result<Arc<Registry>> {
+        Registry::new(c"kvm_shadow_stats_kunit")
+    }
+
+    fn name_of(vm: &Arc<VmEntry>) -> Result<CString> {
+        vm.name.to_cstring()
+    }
+
+    #[test]
+    fn a_taken_name_gets_the_smallest_free_number() -> Result {
+        let registry = registry()?;
+        let first = registry.attach(42, 7)?;
+        let second = registry.attach(42, 7)?;
+        let third = registry.attach(42, 7)?;
+        assert_eq!(name_of(&first)?.to_bytes(), b"42-7");
+        assert_eq!(name_of(&second)?.to_bytes(), b"42-7.1");
+        assert_eq!(name_of(&third)?.to_bytes(), b"42-7.2");
+        assert_eq!(name_of(&registry.attach(42, 8)?)?.to_bytes(), b"42-8");
+        assert_eq!(name_of(&registry.attach(43, 7)?)?.to_bytes(), b"43-7");
+
+        registry.detach(second);
+        assert_eq!(name_of(&registry.attach(42, 7)?)?.to_bytes(), b"42-7.1");
+        registry.detach(first);
+        assert_eq!(name_of(&registry.attach(42, 7)?)?.to_bytes(), b"42-7");
+        Ok(())
+    }
+
+    #[test]
+    fn a_detached_vm_leaves_the_sums() -> Result {
+        let registry = registry()?;
+        let (a, b) = (registry.attach(42, 7)?, registry.attach(42, 8)?);
+        let leaf = 1;
+        a.counters.allocated(leaf, 1);
+        b.counters.allocated(leaf, 1);
+        b.counters.allocated(leaf, 2);
+        assert_eq!(registry.sum().pages(), 3);
+
+        registry.detach(b);
+        assert_eq!(registry.sum().pages(), 1);
+        assert_eq!(registry.vms.lock().len(), 1);
+        registry.detach(a);
+        assert_eq!(registry.sum().pages(), 0);
+        assert!(registry.vms.lock().is_empty());
+        Ok(())
     }
 }

@@ -6,10 +6,12 @@ use std::ffi::OsString;
 use std::fmt;
 use std::time::Duration;
 
+use kvm_stats::debugfs::VmId;
+
 pub const USAGE: &str = "\
 usage: kvm_shadow_top [--once | --interval SECONDS]
                       [--json | --prometheus | --breakdown] [--sources]
-                      [-p PID[-FD][,...]]
+                      [-p PID[-FD[.N]][,...]]
 
 Shows how many shadow MMU pages each KVM VM on this host holds (KVM's
 mmu_shadow_pages), busiest first, with a total, refreshed every second.
@@ -25,9 +27,10 @@ While kvm_shadow_stats.ko is loaded, also which pages they are.
                        SMM), from kvm_shadow_stats.ko
   --sources            say where each number came from: the VM's binary
                        stats fd or debugfs (JSON always says)
-  -p, --pid PID[-FD][,...]
+  -p, --pid PID[-FD[.N]][,...]
                        only the VMs of these processes, or with -FD only
-                       the VM of that debugfs directory; may be repeated
+                       the VM of debugfs directory PID-FD, with .N only
+                       that of PID-FD.N; may be repeated
   -h, --help           show this text
 ";
 
@@ -48,26 +51,26 @@ impl Format {
     }
 }
 
-/// Which VMs to show: those whose debugfs directory `<pid>-<fd>` matches one of these, or
-/// every VM if there are none.
+/// Which VMs to show: those that one of these picks, or every VM if there are none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection(Vec<Selector>);
 
 /// A process, or one VM of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Selector {
-    pub pid: u32,
-    pub fd: Option<i32>,
+pub enum Selector {
+    /// Every VM the process created.
+    Process(u32),
+    /// The VM of this debugfs directory name, and not the duplicates of its name.
+    Vm(VmId),
 }
 
 impl Selection {
-    /// Whether the VM of debugfs directory `<pid>-<fd>` is shown.
-    pub fn contains(&self, pid: u32, fd: i32) -> bool {
+    pub fn contains(&self, vm: VmId) -> bool {
         self.0.is_empty()
-            || self
-                .0
-                .iter()
-                .any(|selector| selector.pid == pid && selector.fd.is_none_or(|want| want == fd))
+            || self.0.iter().any(|selector| match *selector {
+                Selector::Process(pid) => pid == vm.pid,
+                Selector::Vm(wanted) => wanted == vm,
+            })
     }
 }
 
@@ -184,25 +187,36 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     }))
 }
 
-/// One `PID` or `PID-FD` of `-p`, in the digits-only spelling of debugfs directory names.
+/// One `PID`, `PID-FD` or `PID-FD.N` of `-p`, in the digits-only spelling of debugfs directory
+/// names.
 fn parse_selector(option: &str, text: &str) -> Result<Selector, UsageError> {
-    let invalid = || usage_error(format!("{option} takes PID or PID-FD, not '{text}'"));
+    let invalid = || {
+        usage_error(format!(
+            "{option} takes PID, PID-FD or PID-FD.N, not '{text}'"
+        ))
+    };
     let number = |part: &str| -> Result<u32, UsageError> {
         if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid());
         }
         part.parse().map_err(|_| invalid())
     };
-    match text.split_once('-') {
-        Some((pid, fd)) => Ok(Selector {
-            pid: number(pid)?,
-            fd: Some(i32::try_from(number(fd)?).map_err(|_| invalid())?),
-        }),
-        None => Ok(Selector {
-            pid: number(text)?,
-            fd: None,
-        }),
+    let Some((pid, vm)) = text.split_once('-') else {
+        return Ok(Selector::Process(number(text)?));
+    };
+    let (fd, duplicate) = match vm.split_once('.') {
+        Some((fd, duplicate)) => (fd, number(duplicate)?),
+        None => (vm, 0),
+    };
+    // No directory is named `PID-FD.0`.
+    if vm.contains('.') && duplicate == 0 {
+        return Err(invalid());
     }
+    Ok(Selector::Vm(VmId {
+        pid: number(pid)?,
+        fd: i32::try_from(number(fd)?).map_err(|_| invalid())?,
+        duplicate,
+    }))
 }
 
 fn parse_interval(value: &str) -> Result<Duration, UsageError> {
@@ -312,12 +326,29 @@ mod tests {
         };
         assert_eq!(options.format, Format::Breakdown);
         let selection = options.selection;
-        assert!(selection.contains(4242, 11) && selection.contains(4242, 12));
-        assert!(selection.contains(77, 9) && !selection.contains(77, 10));
-        assert!(selection.contains(100, 3) && selection.contains(5, 0));
-        assert!(!selection.contains(6, 0) && !selection.contains(42, 11));
+        let vm = |pid, fd| VmId::new(pid, fd);
+        assert!(selection.contains(vm(4242, 11)) && selection.contains(vm(4242, 12)));
+        assert!(selection.contains(vm(77, 9)) && !selection.contains(vm(77, 10)));
+        assert!(selection.contains(vm(100, 3)) && selection.contains(vm(5, 0)));
+        assert!(!selection.contains(vm(6, 0)) && !selection.contains(vm(42, 11)));
         // Nothing selected is everything.
-        assert!(Selection::default().contains(1, 2));
+        assert!(Selection::default().contains(vm(1, 2)));
+    }
+
+    #[test]
+    fn pid_tells_a_vm_from_the_duplicates_of_its_name() {
+        let Ok(Command::Run(options)) = parse_strs(&["-p", "4242,77-9,5-1.2"]) else {
+            panic!("parsed");
+        };
+        let duplicate = |pid, fd, duplicate| VmId { pid, fd, duplicate };
+        let selection = options.selection;
+        assert!(selection.contains(duplicate(4242, 11, 0)));
+        assert!(selection.contains(duplicate(4242, 11, 3)));
+        assert!(selection.contains(duplicate(77, 9, 0)));
+        assert!(!selection.contains(duplicate(77, 9, 1)));
+        assert!(selection.contains(duplicate(5, 1, 2)));
+        assert!(!selection.contains(duplicate(5, 1, 0)));
+        assert!(!selection.contains(duplicate(5, 1, 1)));
     }
 
     #[test]
@@ -350,6 +381,12 @@ mod tests {
             &["-p", "5--1"],
             &["-p", "99999999999"],
             &["-p", "1-2147483648"],
+            &["-p", "5.1"],
+            &["-p", "5-1."],
+            &["-p", "5-1.0"],
+            &["-p", "5-1.x"],
+            &["-p", "5-1.1.1"],
+            &["-p", "5-.1"],
             &["--pid=", "1"],
             &["--interval"],
             &["--interval", "0"],
@@ -372,7 +409,9 @@ mod tests {
         );
         assert_eq!(
             parse_strs(&["-p", "12,web1"]),
-            Err(UsageError("-p takes PID or PID-FD, not 'web1'".to_owned()))
+            Err(UsageError(
+                "-p takes PID, PID-FD or PID-FD.N, not 'web1'".to_owned()
+            ))
         );
     }
 

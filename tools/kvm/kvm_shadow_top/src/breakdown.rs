@@ -38,9 +38,9 @@ fn push_vm(out: &mut String, vm: &Vm) {
     let totals = &breakdown.totals;
     out.push_str(&format!(
         "{} pages, peak {}, {} MiB\n",
-        totals.pages,
+        totals.sums.pages,
         totals.peak,
-        table::format_mib(totals.bytes)
+        table::format_mib(totals.sums.bytes)
     ));
     out.push_str(&buckets(breakdown));
 }
@@ -50,7 +50,7 @@ fn push_vm(out: &mut String, vm: &Vm) {
 fn buckets(breakdown: &Breakdown) -> String {
     let flag = |set: bool| u8::from(set).to_string();
     let rows = breakdown.buckets();
-    let totals = &breakdown.totals;
+    let totals = &breakdown.totals.sums;
     let column = |heading, cell: &dyn Fn(&Bucket) -> String, total: String| Column {
         heading,
         align: Align::Right,
@@ -112,6 +112,21 @@ LEVEL  DIRECT  L2  SMM  PAGES  ALLOC  ZAPPED   KIB
 total                    1000   1062      62  7180
 
 VM 77-9  -  -: no breakdown
+"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_of_a_name_has_a_table_of_its_own() {
+        assert_eq!(
+            render(&fixtures::duplicate_name()),
+            "\
+VM 5-10  qemu-system-x86  -: no breakdown
+
+VM 5-10.1  qemu-system-x86  -: 2 pages, peak 2, 0.0 MiB
+LEVEL  DIRECT  L2  SMM  PAGES  ALLOC  ZAPPED  KIB
+    1       0   0    0      2      2       0   16
+total                       2      2       0   16
 "
         );
     }

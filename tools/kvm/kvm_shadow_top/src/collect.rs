@@ -5,11 +5,16 @@
 //! debugfs otherwise, with the breakdown of its shadow pages that kvm_shadow_stats.ko keeps in
 //! debugfs while it is loaded.
 //!
+//! A VM created while a VM that outlived its fd held the name `<pid>-<fd>` it would get has no
+//! directory in KVM's debugfs; kvm_shadow_stats.ko names it `<pid>-<fd>.<n>`. While the module
+//! is loaded, such a VM is sampled too, from its stats fd and its breakdown alone: the stats in
+//! KVM's `<pid>-<fd>` are another VM's.
+//!
 //! KVM refuses every ioctl on a VM fd from a process other than the one that created the VM,
 //! so a borrowed VM fd cannot give a stats fd; a stats fd the owner opened itself can be read
 //! by anyone who holds it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
@@ -133,37 +138,72 @@ impl Collector {
 
     /// Every VM, skipping those that are destroyed while they are read.
     pub fn sample(&self) -> Result<Sample, CollectError> {
-        let ids = self.debugfs.vms().map_err(|error| self.explain(error))?;
+        let in_kvm_debugfs: BTreeSet<VmId> = self
+            .debugfs
+            .vms()
+            .map_err(|error| self.explain(error))?
+            .into_iter()
+            .collect();
         if self.require_breakdown && !self.shadow_stats.is_present() {
             return Err(CollectError::NoBreakdown {
                 dir: self.shadow_stats.root().to_owned(),
             });
         }
+        let in_module = self.module_vms().map_err(CollectError::Breakdown)?;
+        let ids: BTreeSet<VmId> = in_kvm_debugfs.iter().chain(&in_module).copied().collect();
         let mut vms_per_owner = HashMap::<u32, usize>::new();
         for id in &ids {
             *vms_per_owner.entry(id.pid).or_default() += 1;
         }
         let mut vms = Vec::with_capacity(ids.len());
         for id in ids {
-            if !self.selection.contains(id.pid, id.fd) {
+            if !self.selection.contains(id) {
                 continue;
             }
             // A stats fd tells which process created its VM, not which of its VMs it is.
             let stats = (vms_per_owner.get(&id.pid) == Some(&1))
                 .then(|| self.borrow_vm_stats(id.pid))
                 .flatten();
-            let Some(mut vm) = self.read_vm(id, stats).map_err(CollectError::Debugfs)? else {
+            let listed_by_kvm = in_kvm_debugfs.contains(&id);
+            let Some(mut vm) = self
+                .read_vm(id, listed_by_kvm, stats)
+                .map_err(CollectError::Debugfs)?
+            else {
                 continue;
             };
             vm.breakdown = self.read_breakdown(id).map_err(CollectError::Breakdown)?;
+            // Without a directory in KVM's debugfs, only the module's can tell that the VM was
+            // destroyed meanwhile, or that the module went away.
+            if !listed_by_kvm
+                && vm.breakdown.is_none()
+                && !self.shadow_stats.dir(Scope::Vm(id)).is_dir()
+            {
+                continue;
+            }
             vms.push(vm);
         }
         Ok(Sample::new(SystemTime::now(), Instant::now(), vms))
     }
 
-    /// Reads one VM from `stats` where they have a value and from debugfs otherwise, or gives
-    /// `None` if the VM no longer exists.
-    fn read_vm(&self, id: VmId, stats: Option<Stats<File>>) -> Result<Option<Vm>, DebugfsError> {
+    /// The VMs kvm_shadow_stats.ko has a directory for: none while it is not loaded.
+    fn module_vms(&self) -> Result<Vec<VmId>, BreakdownError> {
+        match self.shadow_stats.vms() {
+            Err(BreakdownError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(Vec::new())
+            }
+            listed => listed,
+        }
+    }
+
+    /// Reads one VM from `stats` where they have a value and, if `listed_by_kvm`, from the
+    /// VM's directory in KVM's debugfs otherwise; `None` if that directory is gone, as the VM
+    /// no longer exists.
+    fn read_vm(
+        &self,
+        id: VmId,
+        listed_by_kvm: bool,
+        stats: Option<Stats<File>>,
+    ) -> Result<Option<Vm>, DebugfsError> {
         let mut readings = [None; FIELDS.len()];
         for (reading, field) in readings.iter_mut().zip(&FIELDS) {
             if let Some(value) = stats.as_ref().and_then(|s| s.read_single(field.stat).ok()) {
@@ -171,6 +211,9 @@ impl Collector {
                     value,
                     source: Source::StatsFd,
                 });
+                continue;
+            }
+            if !listed_by_kvm {
                 continue;
             }
             match self.debugfs.vm_stat(id.pid, id.fd, field.stat) {
@@ -206,7 +249,7 @@ impl Collector {
         let read = || -> Result<Breakdown, BreakdownError> {
             Ok(Breakdown {
                 pages: self.shadow_stats.pages(scope)?,
-                totals: self.shadow_stats.totals(scope)?,
+                totals: self.shadow_stats.vm_totals(id)?,
             })
         };
         match read() {
@@ -430,7 +473,10 @@ mod tests {
             (breakdown.direct_pages(), breakdown.guest_mode_pages()),
             (1, 0)
         );
-        assert_eq!((breakdown.totals.peak, breakdown.totals.bytes), (5, 28672));
+        assert_eq!(
+            (breakdown.totals.peak, breakdown.totals.sums.bytes),
+            (5, 28672)
+        );
     }
 
     #[test]
@@ -446,10 +492,7 @@ mod tests {
     fn a_breakdown_directory_without_its_files_yet_is_no_breakdown() {
         let fake = FakeDebugfs::new("empty-breakdown");
         fake.add_vm(&format!("{NO_PID}-12"), &[("mmu_shadow_pages", "4\n")]);
-        let vm = VmId {
-            pid: NO_PID,
-            fd: 12,
-        };
+        let vm = VmId::new(NO_PID, 12);
         fs::create_dir_all(fake.shadow_stats().dir(Scope::Vm(vm))).expect("temp dir creatable");
         let sample = fake.collector().sample().expect("a sample");
         assert_eq!(sample.vms.len(), 1);
@@ -473,6 +516,66 @@ mod tests {
         );
         fake.load_module();
         assert_eq!(collector.sample().expect("a sample").vms.len(), 1);
+    }
+
+    /// The VM of [`NO_PID`] named `<pid>-<fd>`, or `<pid>-<fd>.<duplicate>`.
+    fn vm_named(fd: i32, duplicate: u32) -> VmId {
+        VmId {
+            pid: NO_PID,
+            fd,
+            duplicate,
+        }
+    }
+
+    #[test]
+    fn a_vm_kvm_has_no_directory_for_is_sampled_on_its_own() {
+        let fake = FakeDebugfs::new("duplicate");
+        fake.add_vm(
+            &format!("{NO_PID}-12"),
+            &[("mmu_shadow_pages", "4\n"), ("mmu_cache_miss", "5\n")],
+        );
+        fake.add_breakdown(&format!("{NO_PID}-12"), PAGES, TOTALS);
+        fake.add_breakdown(
+            &format!("{NO_PID}-12.1"),
+            "level direct guest_mode smm pages allocated zapped bytes\n2 0 0 0 1 1 0 8192\n",
+            "pages 1\npeak 2\nallocated 1\nzapped 0\nbytes 8192\npage_table_bytes 4096\n",
+        );
+        let sample = fake.collector().sample().expect("a sample");
+        let vms: Vec<_> = sample
+            .vms
+            .iter()
+            .map(|vm| {
+                let breakdown = vm.breakdown.as_ref().expect("a breakdown");
+                (vm.id, vm.readings, breakdown.totals.peak)
+            })
+            .collect();
+        assert_eq!(
+            vms,
+            [
+                (
+                    vm_named(12, 0),
+                    debugfs_readings([Some(4), Some(5), None]),
+                    5
+                ),
+                // Not the stats of the other's directory in KVM's debugfs.
+                (vm_named(12, 1), [None; 3], 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_without_its_files_yet_is_still_a_vm() {
+        let fake = FakeDebugfs::new("duplicate-empty");
+        fake.add_vm(&format!("{NO_PID}-12"), &[("mmu_shadow_pages", "4\n")]);
+        fs::create_dir_all(fake.shadow_stats().dir(Scope::Vm(vm_named(12, 1))))
+            .expect("temp dir creatable");
+        let sample = fake.collector().sample().expect("a sample");
+        let vms: Vec<_> = sample
+            .vms
+            .iter()
+            .map(|vm| (vm.id, vm.breakdown.is_some()))
+            .collect();
+        assert_eq!(vms, [(vm_named(12, 0), false), (vm_named(12, 1), false)]);
     }
 
     #[test]
@@ -511,6 +614,14 @@ mod tests {
         assert_eq!(ids(&["-p", &b]), [&*b]);
         assert_eq!(ids(&["-p", &format!("{b},{}", NO_PID + 1)]), [&*b, &*c]);
         assert!(ids(&["-p", "1"]).is_empty());
+
+        fake.load_module();
+        let d = format!("{NO_PID}-12.1");
+        fake.add_breakdown(&d, PAGES, TOTALS);
+        assert_eq!(ids(&[]), [&*a, &*b, &*c, &*d]);
+        assert_eq!(ids(&["-p", &NO_PID.to_string()]), [&*a, &*b, &*d]);
+        assert_eq!(ids(&["-p", &a]), [&*a]);
+        assert_eq!(ids(&["-p", &d]), [&*d]);
     }
 
     #[test]
@@ -518,7 +629,7 @@ mod tests {
         let fake = FakeDebugfs::new("gone");
         let collector = fake.collector();
         assert_eq!(
-            collector.read_vm(VmId { pid: NO_PID, fd: 3 }, None).ok(),
+            collector.read_vm(VmId::new(NO_PID, 3), true, None).ok(),
             Some(None)
         );
     }

@@ -38,8 +38,8 @@ pub fn render(sample: &Sample) -> String {
 
 fn push_vm(out: &mut String, vm: &Vm) {
     out.push_str(&format!(
-        "{{\"pid\":{},\"fd\":{},\"comm\":",
-        vm.id.pid, vm.id.fd
+        "{{\"pid\":{},\"fd\":{},\"duplicate\":{},\"comm\":",
+        vm.id.pid, vm.id.fd, vm.id.duplicate
     ));
     push_optional_string(out, vm.comm.as_deref());
     out.push_str(",\"guest\":");
@@ -90,15 +90,10 @@ fn push_breakdown(out: &mut String, breakdown: &Breakdown) {
             bucket.bytes
         ));
     }
-    let totals = &breakdown.totals;
+    let (sums, peak) = (&breakdown.totals.sums, breakdown.totals.peak);
     out.push_str(&format!(
         "],\"totals\":{{\"pages\":{},\"peak\":{},\"allocated\":{},\"zapped\":{},\"bytes\":{},\"page_table_bytes\":{}}}}}",
-        totals.pages,
-        totals.peak,
-        totals.allocated,
-        totals.zapped,
-        totals.bytes,
-        totals.page_table_bytes
+        sums.pages, peak, sums.allocated, sums.zapped, sums.bytes, sums.page_table_bytes
     ));
 }
 
@@ -155,11 +150,22 @@ mod tests {
         let vms = top["vms"].as_array().expect("vms is an array");
         let stats: Vec<&str> = FIELDS.iter().map(|field| field.stat).collect();
         for vm in vms {
-            let vm = object(vm, &["pid", "fd", "comm", "guest", "stats", "breakdown"]);
+            let vm = object(
+                vm,
+                &[
+                    "pid",
+                    "fd",
+                    "duplicate",
+                    "comm",
+                    "guest",
+                    "stats",
+                    "breakdown",
+                ],
+            );
             if !vm["breakdown"].is_null() {
                 check_breakdown(&vm["breakdown"]);
             }
-            assert!(vm["pid"].is_u64() && vm["fd"].is_i64());
+            assert!(vm["pid"].is_u64() && vm["fd"].is_i64() && vm["duplicate"].is_u64());
             assert!(vm["comm"].is_string() || vm["comm"].is_null());
             assert!(vm["guest"].is_string() || vm["guest"].is_null());
             for stat in object(&vm["stats"], &stats).values() {
@@ -185,8 +191,8 @@ mod tests {
     /// Checks a VM's `breakdown` object against the schema: the buckets add up to the totals.
     fn check_breakdown(breakdown: &Value) {
         let breakdown = object(breakdown, &["buckets", "totals"]);
-        // The keys are those of the module's totals file.
-        let totals = object(&breakdown["totals"], &kvm_stats::breakdown::TOTALS_KEYS);
+        // The keys are those of the module's totals file of a VM.
+        let totals = object(&breakdown["totals"], &kvm_stats::breakdown::VM_TOTALS_KEYS);
         assert!(totals.values().all(Value::is_u64));
         let mut sums = Map::new();
         for bucket in breakdown["buckets"]
@@ -231,6 +237,7 @@ mod tests {
         assert_eq!(document["time"].as_f64(), Some(1_700_000_000.25));
         assert_eq!(vms.len(), 2);
         assert_eq!(vms[0]["pid"], 4242);
+        assert_eq!(vms[0]["duplicate"], 0);
         assert_eq!(vms[0]["guest"], "web \"one\", \\ctl\nx");
         assert_eq!(vms[0]["stats"]["mmu_shadow_pages"]["value"], 1000);
         assert_eq!(vms[0]["stats"]["mmu_shadow_pages"]["per_second"], -21.0);
@@ -262,6 +269,26 @@ mod tests {
             })
         );
         assert_eq!(vms[1]["breakdown"], Value::Null);
+    }
+
+    #[test]
+    fn a_duplicate_of_a_name_is_told_apart() {
+        let text = render(&fixtures::duplicate_name());
+        let document: Value = serde_json::from_str(&text).expect("valid JSON");
+        let vms = check_schema(&document);
+        let ids: Vec<_> = vms
+            .iter()
+            .map(|vm| (&vm["pid"], &vm["fd"], &vm["duplicate"]))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (&Value::from(5), &Value::from(10), &Value::from(0)),
+                (&Value::from(5), &Value::from(10), &Value::from(1))
+            ]
+        );
+        assert_eq!(vms[1]["stats"]["mmu_shadow_pages"], Value::Null);
+        assert_eq!(vms[1]["breakdown"]["totals"]["peak"], 2);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! `kvm_shadow_top`: how many shadow MMU pages each KVM VM on this host holds, and how fast
 //! they come and go, as a live table, JSON or Prometheus metrics.
 //!
-//! VMs are found in KVM's debugfs directory, where each has a directory `<pid>-<vm fd>`. Each
-//! VM's numbers are read from its binary stats fd, borrowed from its owner with
-//! `pidfd_getfd()`, and from debugfs where that is refused. See
+//! VMs are found in KVM's debugfs directory, where each has a directory `<pid>-<vm fd>`, and
+//! while kvm_shadow_stats.ko is loaded in its directory too, which also has the VMs KVM made no
+//! directory for, as `<pid>-<vm fd>.<n>`. Each VM's numbers are read from its binary stats fd,
+//! borrowed from its owner with `pidfd_getfd()`, and from debugfs where that is refused. See
 //! Documentation/kvm-shadow-top.rst.
 
 mod args;

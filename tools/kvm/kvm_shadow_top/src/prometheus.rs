@@ -60,7 +60,12 @@ pub fn render(sample: &Sample) -> String {
          translations of indirect ones (kvm_shadow_stats.ko's breakdown).",
     );
     for (vm, breakdown) in breakdowns() {
-        push_sample(&mut out, BYTES, &labels(vm, None), breakdown.totals.bytes);
+        push_sample(
+            &mut out,
+            BYTES,
+            &labels(vm, None),
+            breakdown.totals.sums.bytes,
+        );
     }
     push_header(
         &mut out,
@@ -95,9 +100,9 @@ fn push_sample(out: &mut String, metric: &str, labels: &str, value: u64) {
     out.push_str(&format!("{metric}{labels} {value}\n"));
 }
 
-/// `pid` and `fd` name the VM as its debugfs directory does, so they are unique; `comm` and
-/// `guest` say what it is, empty where unknown. A `bucket`'s role follows, each part as
-/// kvm_shadow_stats' `pages` file writes it.
+/// `pid`, `fd` and `duplicate` name the VM as its debugfs directory does, so they are unique;
+/// `comm` and `guest` say what it is, empty where unknown. A `bucket`'s role follows, each part
+/// as kvm_shadow_stats' `pages` file writes it.
 fn labels(vm: &Vm, bucket: Option<&Bucket>) -> String {
     let role = bucket.map_or_else(String::new, |bucket| {
         format!(
@@ -109,9 +114,10 @@ fn labels(vm: &Vm, bucket: Option<&Bucket>) -> String {
         )
     });
     format!(
-        "{{pid=\"{}\",fd=\"{}\",comm=\"{}\",guest=\"{}\"{role}}}",
+        "{{pid=\"{}\",fd=\"{}\",duplicate=\"{}\",comm=\"{}\",guest=\"{}\"{role}}}",
         vm.id.pid,
         vm.id.fd,
+        vm.id.duplicate,
         escape(vm.comm.as_deref().unwrap_or_default(), true),
         escape(vm.guest.as_deref().unwrap_or_default(), true)
     )
@@ -142,36 +148,59 @@ mod tests {
 
     const TWO_VMS: &str = r#"# HELP kvm_shadow_mmu_pages Pages the VM's shadow MMU holds (KVM stat mmu_shadow_pages).
 # TYPE kvm_shadow_mmu_pages gauge
-kvm_shadow_mmu_pages{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 1000
-kvm_shadow_mmu_pages{pid="77",fd="9",comm="",guest=""} 3
+kvm_shadow_mmu_pages{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 1000
+kvm_shadow_mmu_pages{pid="77",fd="9",duplicate="0",comm="",guest=""} 3
 # HELP kvm_shadow_mmu_pages_allocated_total Shadow MMU pages the VM has allocated (KVM stat mmu_cache_miss).
 # TYPE kvm_shadow_mmu_pages_allocated_total counter
-kvm_shadow_mmu_pages_allocated_total{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 90230
-kvm_shadow_mmu_pages_allocated_total{pid="77",fd="9",comm="",guest=""} 3
+kvm_shadow_mmu_pages_allocated_total{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 90230
+kvm_shadow_mmu_pages_allocated_total{pid="77",fd="9",duplicate="0",comm="",guest=""} 3
 # HELP kvm_shadow_mmu_pages_zapped_total Shadow MMU pages the VM has zapped (KVM stat mmu_shadow_zapped).
 # TYPE kvm_shadow_mmu_pages_zapped_total counter
-kvm_shadow_mmu_pages_zapped_total{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 89230
+kvm_shadow_mmu_pages_zapped_total{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 89230
 # HELP kvm_shadow_mmu_pages_by_role Shadow MMU pages the VM holds, by page table level, direct (no guest page table behind them), guest_mode (an L2 guest's) and smm (kvm_shadow_stats.ko's breakdown).
 # TYPE kvm_shadow_mmu_pages_by_role gauge
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="0",guest_mode="0",smm="0"} 600
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="2",direct="0",guest_mode="0",smm="0"} 40
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="3",direct="0",guest_mode="0",smm="0"} 4
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="4",direct="0",guest_mode="0",smm="0"} 2
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="1",guest_mode="0",smm="0"} 200
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="0",guest_mode="1",smm="0"} 150
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="4",direct="1",guest_mode="1",smm="0"} 3
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="0",guest_mode="0",smm="1"} 1
+kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="0",guest_mode="0",smm="0"} 600
+kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="2",direct="0",guest_mode="0",smm="0"} 40
+kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="3",direct="0",guest_mode="0",smm="0"} 4
+kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="4",direct="0",guest_mode="0",smm="0"} 2
+kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="1",guest_mode="0",smm="0"} 200
+kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="0",guest_mode="1",smm="0"} 150
+kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="4",direct="1",guest_mode="1",smm="0"} 3
+kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="0",guest_mode="0",smm="1"} 1
 # HELP kvm_shadow_mmu_bytes Host memory the VM's shadow MMU pages hold: their page tables and the shadowed translations of indirect ones (kvm_shadow_stats.ko's breakdown).
 # TYPE kvm_shadow_mmu_bytes gauge
-kvm_shadow_mmu_bytes{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 7352320
+kvm_shadow_mmu_bytes{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 7352320
 # HELP kvm_shadow_mmu_peak_pages Most shadow MMU pages the VM held since kvm_shadow_stats.ko attached it or its peak was last reset (kvm_shadow_stats.ko's breakdown).
 # TYPE kvm_shadow_mmu_peak_pages gauge
-kvm_shadow_mmu_peak_pages{pid="4242",fd="11",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 1100
+kvm_shadow_mmu_peak_pages{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 1100
 "#;
 
     #[test]
     fn exposition_of_two_vms() {
         assert_eq!(render(&fixtures::two_vms()), TWO_VMS);
+    }
+
+    #[test]
+    fn a_duplicate_of_a_name_has_series_of_its_own() {
+        let text = render(&fixtures::duplicate_name());
+        let labels = |duplicate| {
+            format!(
+                "{{pid=\"5\",fd=\"10\",duplicate=\"{duplicate}\",comm=\"qemu-system-x86\",guest=\"\""
+            )
+        };
+        let samples: Vec<&str> = text.lines().filter(|line| !line.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                format!("kvm_shadow_mmu_pages{}}} 3", labels(0)),
+                format!(
+                    "kvm_shadow_mmu_pages_by_role{},level=\"1\",direct=\"0\",guest_mode=\"0\",smm=\"0\"}} 2",
+                    labels(1)
+                ),
+                format!("kvm_shadow_mmu_bytes{}}} 16384", labels(1)),
+                format!("kvm_shadow_mmu_peak_pages{}}} 2", labels(1)),
+            ]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
-use kvm_stats::breakdown::{self, Bucket, Pages, Role};
+use kvm_stats::breakdown::{Bucket, Pages, Role, VmTotals};
 use kvm_stats::debugfs::VmId;
 
 use crate::fields::{FIELDS, Kind, PAGES};
@@ -70,7 +70,7 @@ pub struct Breakdown {
     /// The `pages` file: one bucket per role, sorted by `smm`, `guest_mode`, `direct`, `level`.
     pub pages: Pages,
     /// The `totals` file, read just after: its `peak` is the `peak` file.
-    pub totals: breakdown::Totals,
+    pub totals: VmTotals,
 }
 
 impl Breakdown {
@@ -185,7 +185,7 @@ pub mod fixtures {
     /// A VM whose stats all came from `source`; `None` values were not readable.
     pub fn vm(pid: u32, fd: i32, values: [Option<u64>; 3], source: Source) -> Vm {
         Vm {
-            id: VmId { pid, fd },
+            id: VmId::new(pid, fd),
             comm: Some("qemu-system-x86".to_owned()),
             guest: None,
             readings: values.map(|value| value.map(|value| Reading { value, source })),
@@ -198,14 +198,16 @@ pub mod fixtures {
     /// totals it gives and a peak of `peak`.
     pub fn breakdown(pages: &str, peak: u64) -> Breakdown {
         let pages = Pages::parse(pages).expect("a pages file as the module writes it");
-        let totals = breakdown::Totals {
-            pages: pages.pages(),
+        let totals = VmTotals {
+            sums: kvm_stats::breakdown::Totals {
+                pages: pages.pages(),
+                allocated: pages.allocated(),
+                zapped: pages.zapped(),
+                bytes: pages.bytes(),
+                page_table_bytes: pages.pages() * 4096,
+                unknown: Vec::new(),
+            },
             peak,
-            allocated: pages.allocated(),
-            zapped: pages.zapped(),
-            bytes: pages.bytes(),
-            page_table_bytes: pages.pages() * 4096,
-            unknown: Vec::new(),
         };
         Breakdown { pages, totals }
     }
@@ -226,6 +228,23 @@ level direct guest_mode smm pages allocated zapped bytes
 1 0 0 1 1 1 0 8192
 ",
             1100,
+        )
+    }
+
+    /// A VM, `5-10`, and one its process created later as fd 10 again while the first lived
+    /// on: `5-10.1`, of which only kvm_shadow_stats.ko has a directory.
+    pub fn duplicate_name() -> Sample {
+        let first = vm(5, 10, [Some(3), None, None], Source::Debugfs);
+        let mut duplicate = vm(5, 10, [None; 3], Source::Debugfs);
+        duplicate.id.duplicate = 1;
+        duplicate.breakdown = Some(breakdown(
+            "level direct guest_mode smm pages allocated zapped bytes\n1 0 0 0 2 2 0 16384\n",
+            2,
+        ));
+        Sample::new(
+            SystemTime::UNIX_EPOCH,
+            Instant::now(),
+            vec![duplicate, first],
         )
     }
 

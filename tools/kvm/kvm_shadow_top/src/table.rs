@@ -2,6 +2,8 @@
 
 //! The table for people: one row per VM, busiest first, and a total row.
 
+use kvm_stats::debugfs::VmId;
+
 use crate::fields::FIELDS;
 use crate::sample::{Breakdown, Reading, Sample, Vm};
 
@@ -32,13 +34,7 @@ pub fn render(sample: &Sample, sources: bool) -> String {
             |vm| Some(vm.id.pid.to_string()),
             "total",
         ),
-        column(
-            "FD",
-            Align::Right,
-            sample,
-            |vm| Some(vm.id.fd.to_string()),
-            "",
-        ),
+        column("FD", Align::Right, sample, |vm| Some(fd_cell(vm.id)), ""),
         column(
             "COMM",
             Align::Left,
@@ -75,12 +71,23 @@ pub fn render(sample: &Sample, sources: bool) -> String {
         }
     }
     // From kvm_shadow_stats.ko, for the VMs it has a breakdown of.
-    for (heading, value, format) in BREAKDOWN_COLUMNS {
-        let total = sample
-            .vms
-            .iter()
-            .filter_map(|vm| vm.breakdown.as_ref().map(value))
-            .reduce(u64::saturating_add);
+    for breakdown_column in BREAKDOWN_COLUMNS {
+        let BreakdownColumn {
+            heading,
+            value,
+            format,
+            adds_up,
+        } = breakdown_column;
+        let total = if adds_up {
+            sample
+                .vms
+                .iter()
+                .filter_map(|vm| vm.breakdown.as_ref().map(value))
+                .reduce(u64::saturating_add)
+                .map_or_else(|| NONE.to_owned(), format)
+        } else {
+            String::new()
+        };
         columns.push(column(
             heading,
             Align::Right,
@@ -90,7 +97,7 @@ pub fn render(sample: &Sample, sources: bool) -> String {
                     .as_ref()
                     .map(|breakdown| format(value(breakdown)))
             },
-            &total.map_or_else(|| NONE.to_owned(), format),
+            &total,
         ));
     }
     if sources {
@@ -137,19 +144,52 @@ pub fn name(text: Option<&str>) -> Option<String> {
     )
 }
 
-/// A column from a VM's breakdown: heading, value, and how it is shown.
-type BreakdownColumn = (&'static str, fn(&Breakdown) -> u64, fn(u64) -> String);
+/// A column from a VM's breakdown.
+struct BreakdownColumn {
+    heading: &'static str,
+    value: fn(&Breakdown) -> u64,
+    format: fn(u64) -> String,
+    /// Whether the total row adds up the VMs that have a breakdown, or stays blank.
+    adds_up: bool,
+}
 
 /// The columns from a VM's breakdown: pages no guest page table backs, pages of L2 guests,
-/// the host memory they hold and the most pages held. The total row adds up the VMs that have
-/// a breakdown: for PEAK an upper bound of the highest total, like the module's `peak` file at
-/// the top.
+/// the host memory they hold and the most pages held. Peaks reached at different times add up
+/// to no peak of the host, so PEAK has no total.
 const BREAKDOWN_COLUMNS: [BreakdownColumn; 4] = [
-    ("DIRECT", Breakdown::direct_pages, count),
-    ("L2", Breakdown::guest_mode_pages, count),
-    ("MIB", |breakdown| breakdown.totals.bytes, format_mib),
-    ("PEAK", |breakdown| breakdown.totals.peak, count),
+    BreakdownColumn {
+        heading: "DIRECT",
+        value: Breakdown::direct_pages,
+        format: count,
+        adds_up: true,
+    },
+    BreakdownColumn {
+        heading: "L2",
+        value: Breakdown::guest_mode_pages,
+        format: count,
+        adds_up: true,
+    },
+    BreakdownColumn {
+        heading: "MIB",
+        value: |breakdown| breakdown.totals.sums.bytes,
+        format: format_mib,
+        adds_up: true,
+    },
+    BreakdownColumn {
+        heading: "PEAK",
+        value: |breakdown| breakdown.totals.peak,
+        format: count,
+        adds_up: false,
+    },
 ];
+
+/// What follows `<pid>-` in the VM's directory name: the fd, and `.<n>` for a duplicate.
+fn fd_cell(vm: VmId) -> String {
+    match vm.duplicate {
+        0 => vm.fd.to_string(),
+        n => format!("{}.{n}", vm.fd),
+    }
+}
 
 fn count(value: u64) -> String {
     value.to_string()
@@ -233,7 +273,7 @@ fn push_line<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::fixtures;
+    use crate::sample::{Source, fixtures};
 
     fn lines(lines: &[&str]) -> String {
         lines.iter().map(|line| format!("{line}\n")).collect()
@@ -247,7 +287,7 @@ mod tests {
                 "  PID  FD  COMM             GUEST              PAGES  PAGES/S  ALLOC/S  ZAP/S  DIRECT   L2  MIB  PEAK",
                 " 4242  11  qemu-system-x86  web \"one\", \\ctl?x   1000    -21.0     10.0   31.0     203  153  7.0  1100",
                 "   77   9  -                -                      3      0.0      0.0      -       -    -    -     -",
-                "total                                           1003    -21.0     10.0   31.0     203  153  7.0  1100",
+                "total                                           1003    -21.0     10.0   31.0     203  153  7.0",
             ])
         );
     }
@@ -264,7 +304,21 @@ mod tests {
         let table = render(&sample, false);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[2].ends_with("  0    0  0.0     9"), "{table}");
-        assert!(lines[3].ends_with("  203  153  7.0  1109"), "{table}");
+        // Peaks reached at different times add up to no peak: PEAK has no total.
+        assert!(lines[3].ends_with("  203  153  7.0"), "{table}");
+    }
+
+    #[test]
+    fn a_duplicate_of_a_name_has_a_row_of_its_own() {
+        assert_eq!(
+            render(&fixtures::duplicate_name(), false),
+            lines(&[
+                "  PID    FD  COMM             GUEST  PAGES  PAGES/S  ALLOC/S  ZAP/S  DIRECT  L2  MIB  PEAK",
+                "    5    10  qemu-system-x86  -          3        -        -      -       -   -    -     -",
+                "    5  10.1  qemu-system-x86  -          -        -        -      -       0   0  0.0     2",
+                "total                                    3        -        -      -       0   0  0.0",
+            ])
+        );
     }
 
     #[test]
@@ -296,14 +350,9 @@ mod tests {
 
     #[test]
     fn mixed_sources_are_named_per_stat() {
-        let mut vm = fixtures::vm(
-            1,
-            2,
-            [Some(1), Some(2), None],
-            crate::sample::Source::StatsFd,
-        );
+        let mut vm = fixtures::vm(1, 2, [Some(1), Some(2), None], Source::StatsFd);
         vm.readings[1] = vm.readings[1].map(|reading| Reading {
-            source: crate::sample::Source::Debugfs,
+            source: Source::Debugfs,
             ..reading
         });
         assert_eq!(
@@ -325,7 +374,7 @@ mod tests {
             render(&sample, false),
             lines(&[
                 "  PID  FD  COMM  GUEST  PAGES  PAGES/S  ALLOC/S  ZAP/S  DIRECT  L2  MIB  PEAK",
-                "total                       0        -        -      -       -   -    -     -",
+                "total                       0        -        -      -       -   -    -",
             ])
         );
     }

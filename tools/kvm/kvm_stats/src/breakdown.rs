@@ -4,9 +4,12 @@
 //! while it is loaded (Documentation/shadow-page-breakdown.rst):
 //!
 //! ```text
-//! /sys/kernel/debug/kvm_shadow_stats/{pages,totals,peak}             all VMs
-//! /sys/kernel/debug/kvm_shadow_stats/<pid>-<fd>/{pages,totals,peak}  one VM
+//! /sys/kernel/debug/kvm_shadow_stats/{pages,totals}                      all VMs
+//! /sys/kernel/debug/kvm_shadow_stats/<pid>-<fd>/{pages,totals,peak}      one VM
+//! /sys/kernel/debug/kvm_shadow_stats/<pid>-<fd>.<n>/{pages,totals,peak}  one VM, <pid>-<fd> taken
 //! ```
+//!
+//! Only a VM has a peak: [`Totals`] is what the `totals` of all VMs hold, [`VmTotals`] a VM's.
 //!
 //! The files are not ABI, so parsing is strict about what the documentation promises and
 //! tolerant only where it says readers must be: `pages` is found by its header line, whose
@@ -48,8 +51,13 @@ const ALLOCATED: usize = 5;
 const ZAPPED: usize = 6;
 const BYTES: usize = 7;
 
-/// The keys of `totals` this reader knows, in the order the module writes them.
-pub const TOTALS_KEYS: [&str; 6] = [
+/// The keys of the `totals` file of all VMs this reader knows, in the order the module writes
+/// them.
+pub const TOTALS_KEYS: [&str; 5] = ["pages", "allocated", "zapped", "bytes", "page_table_bytes"];
+
+/// The keys of a VM's `totals` file this reader knows, in the order the module writes them:
+/// those of [`TOTALS_KEYS`] and the VM's peak.
+pub const VM_TOTALS_KEYS: [&str; 6] = [
     "pages",
     "peak",
     "allocated",
@@ -352,11 +360,11 @@ impl PagesHeader {
     }
 }
 
-/// A `totals` file: the sums of `pages` and the peak.
+/// The sums of `pages` that a `totals` file holds: all of the `totals` file of all VMs, and all
+/// of a VM's but its peak.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
     pub pages: u64,
-    pub peak: u64,
     pub allocated: u64,
     pub zapped: u64,
     pub bytes: u64,
@@ -367,49 +375,19 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Parses the text of a `totals` file.
+    /// Parses the text of the `totals` file of all VMs. A `peak` in it is an error: the peaks
+    /// of VMs, reached at different times, add up to no peak of all of them.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let mut known = [None; TOTALS_KEYS.len()];
-        let mut unknown: Vec<(String, u64)> = Vec::new();
-        let mut seen: Vec<&str> = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            let error = |problem| ParseError::new(index + 1, line, problem);
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let [key, value] = fields[..] else {
-                return Err(error(Problem::FieldCount {
-                    expected: 2,
-                    found: fields.len(),
-                }));
-            };
-            if seen.contains(&key) {
-                return Err(error(Problem::DuplicateName(key.to_owned())));
-            }
-            seen.push(key);
-            let value = parse_decimal(value).map_err(|text| {
-                error(Problem::NotANumber {
-                    what: key.to_owned(),
-                    text,
-                })
-            })?;
-            match TOTALS_KEYS.iter().position(|&name| name == key) {
-                Some(slot) => known[slot] = Some(value),
-                None => unknown.push((key.to_owned(), value)),
-            }
-        }
-        let lines = text.lines().count();
-        let value = |slot: usize| {
-            known[slot].ok_or_else(|| {
-                ParseError::new(lines + 1, "", Problem::MissingName(TOTALS_KEYS[slot]))
-            })
-        };
+        let file = TotalsFile::parse(text)?;
+        file.refuse("peak")?;
+        let [pages, allocated, zapped, bytes, page_table_bytes] = file.values(TOTALS_KEYS)?;
         Ok(Self {
-            pages: value(0)?,
-            peak: value(1)?,
-            allocated: value(2)?,
-            zapped: value(3)?,
-            bytes: value(4)?,
-            page_table_bytes: value(5)?,
-            unknown,
+            pages,
+            allocated,
+            zapped,
+            bytes,
+            page_table_bytes,
+            unknown: file.unknown(&TOTALS_KEYS),
         })
     }
 }
@@ -419,6 +397,128 @@ impl FromStr for Totals {
 
     fn from_str(text: &str) -> Result<Self, ParseError> {
         Self::parse(text)
+    }
+}
+
+/// A VM's `totals` file: the sums of its `pages` and its peak.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmTotals {
+    pub sums: Totals,
+    /// The most pages the VM held since it was attached or its peak was last reset: what its
+    /// `peak` file says.
+    pub peak: u64,
+}
+
+impl VmTotals {
+    /// Parses the text of a VM's `totals` file.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let file = TotalsFile::parse(text)?;
+        let [pages, peak, allocated, zapped, bytes, page_table_bytes] =
+            file.values(VM_TOTALS_KEYS)?;
+        Ok(Self {
+            sums: Totals {
+                pages,
+                allocated,
+                zapped,
+                bytes,
+                page_table_bytes,
+                unknown: file.unknown(&VM_TOTALS_KEYS),
+            },
+            peak,
+        })
+    }
+}
+
+impl FromStr for VmTotals {
+    type Err = ParseError;
+
+    fn from_str(text: &str) -> Result<Self, ParseError> {
+        Self::parse(text)
+    }
+}
+
+/// The `key value` lines of a `totals` file, each key once, before the keys the file must
+/// have are looked for.
+struct TotalsFile<'a> {
+    entries: Vec<TotalsEntry<'a>>,
+    lines: usize,
+}
+
+struct TotalsEntry<'a> {
+    /// 1-based.
+    number: usize,
+    line: &'a str,
+    key: &'a str,
+    value: u64,
+}
+
+impl<'a> TotalsFile<'a> {
+    fn parse(text: &'a str) -> Result<Self, ParseError> {
+        let mut entries: Vec<TotalsEntry<'a>> = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let error = |problem| ParseError::new(index + 1, line, problem);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [key, value] = fields[..] else {
+                return Err(error(Problem::FieldCount {
+                    expected: 2,
+                    found: fields.len(),
+                }));
+            };
+            if entries.iter().any(|entry| entry.key == key) {
+                return Err(error(Problem::DuplicateName(key.to_owned())));
+            }
+            let value = parse_decimal(value).map_err(|text| {
+                error(Problem::NotANumber {
+                    what: key.to_owned(),
+                    text,
+                })
+            })?;
+            entries.push(TotalsEntry {
+                number: index + 1,
+                line,
+                key,
+                value,
+            });
+        }
+        Ok(Self {
+            entries,
+            lines: text.lines().count(),
+        })
+    }
+
+    /// The values of `keys`, in their order; the first key missing is the error.
+    fn values<const N: usize>(&self, keys: [&'static str; N]) -> Result<[u64; N], ParseError> {
+        let mut values = [0; N];
+        for (value, key) in values.iter_mut().zip(keys) {
+            *value = self
+                .entries
+                .iter()
+                .find(|entry| entry.key == key)
+                .ok_or_else(|| ParseError::new(self.lines + 1, "", Problem::MissingName(key)))?
+                .value;
+        }
+        Ok(values)
+    }
+
+    /// Fails on the line of `key`, if the file has it.
+    fn refuse(&self, key: &'static str) -> Result<(), ParseError> {
+        match self.entries.iter().find(|entry| entry.key == key) {
+            Some(entry) => Err(ParseError::new(
+                entry.number,
+                entry.line,
+                Problem::UnexpectedName(key),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The keys other than `known`, with their values, in the file's order.
+    fn unknown(&self, known: &[&str]) -> Vec<(String, u64)> {
+        self.entries
+            .iter()
+            .filter(|entry| !known.contains(&entry.key))
+            .map(|entry| (entry.key.to_owned(), entry.value))
+            .collect()
     }
 }
 
@@ -470,6 +570,8 @@ pub enum Problem {
     MissingName(&'static str),
     /// A column of the header, or a key of `totals`, is there twice.
     DuplicateName(String),
+    /// A key the file must not have: `peak` in the `totals` of all VMs.
+    UnexpectedName(&'static str),
     /// The line does not have as many fields as it must.
     FieldCount { expected: usize, found: usize },
     /// A field that must be a decimal number is not.
@@ -491,6 +593,7 @@ impl fmt::Display for Problem {
             Self::Empty => write!(f, "the file is empty, not even a header"),
             Self::MissingName(name) => write!(f, "no {name}"),
             Self::DuplicateName(name) => write!(f, "{name} is there twice"),
+            Self::UnexpectedName(name) => write!(f, "{name} has no place in this file"),
             Self::FieldCount { expected, found } => {
                 write!(f, "{found} fields, {expected} expected")
             }
@@ -637,7 +740,8 @@ impl ShadowStatsDebugfs {
         }
     }
 
-    /// The VMs that have a directory, in the order of their ids.
+    /// The VMs that have a directory, in the order of their ids: those KVM has a directory for
+    /// too and, named `<pid>-<fd>.<n>`, those it has none for.
     pub fn vms(&self) -> Result<Vec<VmId>, BreakdownError> {
         let io_error = |source| BreakdownError::Io {
             path: self.root.clone(),
@@ -661,23 +765,28 @@ impl ShadowStatsDebugfs {
         self.read(scope, "pages", Pages::parse)
     }
 
-    pub fn totals(&self, scope: Scope) -> Result<Totals, BreakdownError> {
-        self.read(scope, "totals", Totals::parse)
+    /// The `totals` file of all VMs.
+    pub fn all_vms_totals(&self) -> Result<Totals, BreakdownError> {
+        self.read(Scope::AllVms, "totals", Totals::parse)
     }
 
-    pub fn peak(&self, scope: Scope) -> Result<u64, BreakdownError> {
-        self.read(scope, "peak", parse_peak)
+    pub fn vm_totals(&self, vm: VmId) -> Result<VmTotals, BreakdownError> {
+        self.read(Scope::Vm(vm), "totals", VmTotals::parse)
     }
 
-    /// Sets the peak of `scope` to the pages held now; for all VMs, every VM's.
-    pub fn reset_peak(&self, scope: Scope) -> Result<(), BreakdownError> {
-        self.write_peak(scope, b"0")
+    pub fn peak(&self, vm: VmId) -> Result<u64, BreakdownError> {
+        self.read(Scope::Vm(vm), "peak", parse_peak)
     }
 
-    /// Writes `bytes` to the `peak` file of `scope` in one write, as `echo` would: anything but
-    /// a reset fails with `EINVAL`.
-    pub fn write_peak(&self, scope: Scope, bytes: &[u8]) -> Result<(), BreakdownError> {
-        let path = self.dir(scope).join("peak");
+    /// Sets the peak of `vm` to the pages it holds now.
+    pub fn reset_peak(&self, vm: VmId) -> Result<(), BreakdownError> {
+        self.write_peak(vm, b"0")
+    }
+
+    /// Writes `bytes` to the `peak` file of `vm` in one write, as `echo` would: anything but a
+    /// reset fails with `EINVAL`.
+    pub fn write_peak(&self, vm: VmId, bytes: &[u8]) -> Result<(), BreakdownError> {
+        let path = self.dir(Scope::Vm(vm)).join("peak");
         let io_error = |source| BreakdownError::Io {
             path: path.clone(),
             source,
@@ -736,6 +845,15 @@ bytes 3420160
 page_table_bytes 2760704
 ";
 
+    /// The same VM's totals as the file of all VMs gives them while it is the only VM.
+    const SAMPLE_ALL_VMS_TOTALS: &str = "\
+pages 674
+allocated 674
+zapped 0
+bytes 3420160
+page_table_bytes 2760704
+";
+
     fn bucket(role: Role, pages: u64, allocated: u64, zapped: u64) -> Bucket {
         Bucket {
             role,
@@ -773,22 +891,29 @@ page_table_bytes 2760704
 
     #[test]
     fn sample_totals_parse() {
-        let totals = Totals::parse(SAMPLE_TOTALS).expect("the sample parses");
+        let sums = Totals {
+            pages: 674,
+            allocated: 674,
+            zapped: 0,
+            bytes: 3420160,
+            page_table_bytes: 2760704,
+            unknown: Vec::new(),
+        };
+        let totals = VmTotals::parse(SAMPLE_TOTALS).expect("the sample parses");
         assert_eq!(
             totals,
-            Totals {
-                pages: 674,
-                peak: 674,
-                allocated: 674,
-                zapped: 0,
-                bytes: 3420160,
-                page_table_bytes: 2760704,
-                unknown: Vec::new(),
+            VmTotals {
+                sums: sums.clone(),
+                peak: 674
             }
         );
+        assert_eq!(
+            Totals::parse(SAMPLE_ALL_VMS_TOTALS).expect("the sample parses"),
+            sums
+        );
         let pages = Pages::parse(SAMPLE_PAGES).expect("the sample parses");
-        assert_eq!(totals.bytes, pages.bytes());
-        assert_eq!(totals.page_table_bytes, totals.pages * PAGE_SIZE);
+        assert_eq!(sums.bytes, pages.bytes());
+        assert_eq!(sums.page_table_bytes, sums.pages * PAGE_SIZE);
     }
 
     #[test]
@@ -815,7 +940,11 @@ page_table_bytes 2760704
         assert_eq!(pages.unknown_columns(), ["extra"]);
 
         let totals =
-            Totals::parse(&format!("{SAMPLE_TOTALS}slab_bytes 123\n")).expect("a new key parses");
+            VmTotals::parse(&format!("slab_bytes 123\n{SAMPLE_TOTALS}")).expect("a new key parses");
+        assert_eq!(totals.sums.unknown, [("slab_bytes".to_owned(), 123)]);
+        assert_eq!(totals.peak, 674);
+        let totals = Totals::parse(&format!("{SAMPLE_ALL_VMS_TOTALS}slab_bytes 123\n"))
+            .expect("a new key parses");
         assert_eq!(totals.unknown, [("slab_bytes".to_owned(), 123)]);
     }
 
@@ -920,36 +1049,68 @@ page_table_bytes 2760704
     #[test]
     fn malformed_totals_are_refused_with_the_line() {
         let without_peak = SAMPLE_TOTALS.replace("peak 674\n", "");
+        assert_eq!(without_peak, SAMPLE_ALL_VMS_TOTALS);
         assert_eq!(
-            problem(Totals::parse(&without_peak)),
+            problem(VmTotals::parse(&without_peak)),
             (6, Problem::MissingName("peak"))
         );
-        let twice = format!("{SAMPLE_TOTALS}pages 1\n");
+        let without_zapped = SAMPLE_ALL_VMS_TOTALS.replace("zapped 0\n", "");
         assert_eq!(
-            problem(Totals::parse(&twice)),
-            (7, Problem::DuplicateName("pages".to_owned()))
+            problem(Totals::parse(&without_zapped)),
+            (5, Problem::MissingName("zapped"))
         );
-        let three_fields = SAMPLE_TOTALS.replace("zapped 0", "zapped 0 0");
+        let vm: fn(&str) -> Result<(), ParseError> = |text| VmTotals::parse(text).map(drop);
+        let all_vms: fn(&str) -> Result<(), ParseError> = |text| Totals::parse(text).map(drop);
+        for (parse, sample) in [(vm, SAMPLE_TOTALS), (all_vms, SAMPLE_ALL_VMS_TOTALS)] {
+            let line_of = |key: &str| {
+                1 + sample
+                    .lines()
+                    .position(|line| line.split(' ').next() == Some(key))
+                    .expect("the key is in the sample")
+            };
+            let twice = format!("{sample}pages 1\n");
+            assert_eq!(
+                problem(parse(&twice)),
+                (
+                    sample.lines().count() + 1,
+                    Problem::DuplicateName("pages".to_owned())
+                )
+            );
+            let three_fields = sample.replace("zapped 0", "zapped 0 0");
+            assert_eq!(
+                problem(parse(&three_fields)),
+                (
+                    line_of("zapped"),
+                    Problem::FieldCount {
+                        expected: 2,
+                        found: 3
+                    }
+                )
+            );
+            let not_a_number = sample.replace("bytes 3420160", "bytes 4M");
+            assert_eq!(
+                problem(parse(&not_a_number)),
+                (
+                    line_of("bytes"),
+                    Problem::NotANumber {
+                        what: "bytes".to_owned(),
+                        text: "4M".to_owned()
+                    }
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn the_totals_of_all_vms_have_no_peak() {
         assert_eq!(
-            problem(Totals::parse(&three_fields)),
-            (
-                4,
-                Problem::FieldCount {
-                    expected: 2,
-                    found: 3
-                }
-            )
+            problem(Totals::parse(SAMPLE_TOTALS)),
+            (2, Problem::UnexpectedName("peak"))
         );
-        let not_a_number = SAMPLE_TOTALS.replace("bytes 3420160", "bytes 4M");
+        // Wherever it stands, and before any key that is missing.
         assert_eq!(
-            problem(Totals::parse(&not_a_number)),
-            (
-                5,
-                Problem::NotANumber {
-                    what: "bytes".to_owned(),
-                    text: "4M".to_owned()
-                }
-            )
+            problem(Totals::parse("pages 1\nallocated 1\npeak 1\n")),
+            (3, Problem::UnexpectedName("peak"))
         );
     }
 
@@ -991,8 +1152,15 @@ page_table_bytes 2760704
             error.to_string(),
             "line 3 \"1 0 0 0 1 1 0 8192\": level 1 indirect L1 non-SMM is listed twice"
         );
-        let error = Totals::parse("pages 1\n").expect_err("keys are missing");
+        let error = VmTotals::parse("pages 1\n").expect_err("keys are missing");
         assert_eq!(error.to_string(), "no peak");
+        let error = Totals::parse("pages 1\n").expect_err("keys are missing");
+        assert_eq!(error.to_string(), "no allocated");
+        let error = Totals::parse("pages 1\npeak 1\n").expect_err("a peak");
+        assert_eq!(
+            error.to_string(),
+            "line 2 \"peak 1\": peak has no place in this file"
+        );
         assert_eq!(
             Role {
                 level: 3,
@@ -1078,44 +1246,81 @@ page_table_bytes 2760704
         );
     }
 
-    /// A fake module directory with the files of all VMs and of one VM.
+    /// A fake module directory with the files of all VMs and of two VMs that KVM gave the same
+    /// name.
     fn fake_debugfs(test: &str) -> ShadowStatsDebugfs {
         let root =
             std::env::temp_dir().join(format!("kvm-breakdown-test-{}-{test}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
-        for dir in ["", "100-7"] {
+        fs::create_dir_all(&root).expect("temp dir creatable");
+        fs::write(root.join("pages"), SAMPLE_PAGES).expect("writable");
+        fs::write(root.join("totals"), SAMPLE_ALL_VMS_TOTALS).expect("writable");
+        // The second, created after the first, holds no shadow page yet.
+        let no_pages = "level direct guest_mode smm pages allocated zapped bytes\n";
+        let no_totals = "pages 0\npeak 0\nallocated 0\nzapped 0\nbytes 0\npage_table_bytes 0\n";
+        for (dir, pages, totals, peak) in [
+            ("100-7", SAMPLE_PAGES, SAMPLE_TOTALS, "674\n"),
+            ("100-7.1", no_pages, no_totals, "0\n"),
+        ] {
             fs::create_dir_all(root.join(dir)).expect("temp dir creatable");
-            fs::write(root.join(dir).join("pages"), SAMPLE_PAGES).expect("writable");
-            fs::write(root.join(dir).join("totals"), SAMPLE_TOTALS).expect("writable");
-            fs::write(root.join(dir).join("peak"), "674\n").expect("writable");
+            fs::write(root.join(dir).join("pages"), pages).expect("writable");
+            fs::write(root.join(dir).join("totals"), totals).expect("writable");
+            fs::write(root.join(dir).join("peak"), peak).expect("writable");
         }
         fs::create_dir_all(root.join("not-a-vm")).expect("temp dir creatable");
         ShadowStatsDebugfs::at(root)
     }
 
     #[test]
-    fn reads_the_files_of_all_vms_and_of_one() {
+    fn reads_the_files_of_all_vms_and_of_each() {
         let debugfs = fake_debugfs("read");
         assert!(debugfs.is_present());
-        let vm = VmId { pid: 100, fd: 7 };
-        assert_eq!(debugfs.vms().expect("listable"), [vm]);
+        let vm = VmId::new(100, 7);
+        let duplicate = VmId { duplicate: 1, ..vm };
+        assert_eq!(debugfs.vms().expect("listable"), [vm, duplicate]);
+        assert_eq!(
+            debugfs.dir(Scope::Vm(duplicate)),
+            debugfs.root().join("100-7.1")
+        );
         for scope in [Scope::AllVms, Scope::Vm(vm)] {
             assert_eq!(debugfs.pages(scope).expect("readable").pages(), 674);
-            assert_eq!(debugfs.totals(scope).expect("readable").peak, 674);
-            assert_eq!(debugfs.peak(scope).expect("readable"), 674);
         }
+        let all_vms = debugfs.all_vms_totals().expect("readable");
+        assert_eq!(all_vms.pages, 674);
+        let totals = debugfs.vm_totals(vm).expect("readable");
+        assert_eq!((totals.sums, totals.peak), (all_vms, 674));
+        assert_eq!(debugfs.peak(vm).expect("readable"), 674);
+        // The duplicate's files are its own.
+        assert_eq!(
+            debugfs
+                .pages(Scope::Vm(duplicate))
+                .expect("readable")
+                .pages(),
+            0
+        );
+        assert_eq!(debugfs.vm_totals(duplicate).expect("readable").peak, 0);
+        assert_eq!(debugfs.peak(duplicate).expect("readable"), 0);
+
         // One write of "0" at the start of the file, which a regular file keeps as it is.
-        debugfs.reset_peak(Scope::Vm(vm)).expect("writable");
+        debugfs.reset_peak(vm).expect("writable");
         let peak = debugfs.dir(Scope::Vm(vm)).join("peak");
         assert_eq!(fs::read_to_string(peak).expect("readable"), "074\n");
 
-        let missing = Scope::Vm(VmId { pid: 100, fd: 9 });
-        let error = debugfs.pages(missing).expect_err("no such VM");
+        let missing = VmId::new(100, 9);
+        let error = debugfs.pages(Scope::Vm(missing)).expect_err("no such VM");
         assert_eq!(error.raw_os_error(), Some(libc::ENOENT));
-        fs::write(debugfs.root().join("peak"), "-1\n").expect("writable");
-        let error = debugfs.peak(Scope::AllVms).expect_err("malformed");
+        fs::write(debugfs.dir(Scope::Vm(vm)).join("peak"), "-1\n").expect("writable");
+        let error = debugfs.peak(vm).expect_err("malformed");
         assert!(
-            matches!(&error, BreakdownError::Parse { path, .. } if path.ends_with("peak")),
+            matches!(&error, BreakdownError::Parse { path, .. } if path.ends_with("100-7/peak")),
+            "{error}"
+        );
+        // The totals of a VM in the place of those of all VMs.
+        fs::write(debugfs.root().join("totals"), SAMPLE_TOTALS).expect("writable");
+        let error = debugfs.all_vms_totals().expect_err("a peak");
+        assert!(
+            matches!(&error, BreakdownError::Parse { source, .. }
+                if source.problem == Problem::UnexpectedName("peak")),
             "{error}"
         );
         fs::remove_dir_all(debugfs.root()).expect("removable");

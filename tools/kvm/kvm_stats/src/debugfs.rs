@@ -3,6 +3,10 @@
 //! Reads KVM's stats from debugfs, the second place besides the binary stats fd where KVM
 //! publishes them: `kvm/<stat>` holds the sum over all VMs and `kvm/<pid>-<vm fd>/<stat>` the
 //! value of one VM, whose directory KVM names after the creating process and the VM's fd.
+//!
+//! A VM that outlived its fd keeps its name, and KVM makes no directory for a new VM of the
+//! same process that gets the same fd: only kvm_shadow_stats.ko's debugfs has one, named
+//! `<pid>-<vm fd>.<n>`, which is why [`VmId`] has a [`VmId::duplicate`].
 
 use std::fmt;
 use std::fs;
@@ -76,7 +80,7 @@ impl KvmDebugfs {
 
     /// The directory of the VM that process `pid` created as fd `vm_fd`.
     pub fn vm_dir(&self, pid: u32, vm_fd: RawFd) -> PathBuf {
-        self.root.join(VmId { pid, fd: vm_fd }.to_string())
+        self.root.join(VmId::new(pid, vm_fd).to_string())
     }
 
     /// The value of `stat` summed over all VMs.
@@ -89,7 +93,8 @@ impl KvmDebugfs {
         read_number(&self.vm_dir(pid, vm_fd).join(stat))
     }
 
-    /// All VMs that have a directory, whoever created them, in the order of their ids.
+    /// All VMs that have a directory, whoever created them, in the order of their ids: all of
+    /// them with a [`VmId::duplicate`] of 0.
     pub fn vms(&self) -> Result<Vec<VmId>, DebugfsError> {
         let io_error = |source| DebugfsError::Io {
             path: self.root.clone(),
@@ -98,7 +103,14 @@ impl KvmDebugfs {
         let mut vms = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(io_error)? {
             let entry = entry.map_err(io_error)?;
-            let Some(vm) = entry.file_name().to_str().and_then(VmId::parse) else {
+            // KVM never names a directory `<pid>-<fd>.<n>`, and its stats are those of
+            // `<pid>-<fd>`'s VM.
+            let Some(vm) = entry
+                .file_name()
+                .to_str()
+                .and_then(VmId::parse)
+                .filter(|vm| vm.duplicate == 0)
+            else {
                 continue;
             };
             if entry.path().is_dir() {
@@ -118,33 +130,55 @@ impl KvmDebugfs {
     }
 }
 
-/// A VM as KVM names its debugfs directory: `<pid>-<vm fd>`, the process that created it and
-/// the fd it got there.
+/// A VM as its debugfs directory names it: `<pid>-<vm fd>`, the process that created it and
+/// the fd it got there, or `<pid>-<vm fd>.<n>` where a VM that outlived its fd holds
+/// `<pid>-<vm fd>` (a name only kvm_shadow_stats.ko gives).
+///
+/// Ordered by pid, fd, then `duplicate`, so that a listing shows a VM's duplicates after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VmId {
     pub pid: u32,
     pub fd: RawFd,
+    /// 0 for `<pid>-<fd>`, `n` for `<pid>-<fd>.<n>`, which starts at 1.
+    pub duplicate: u32,
 }
 
 impl VmId {
+    /// The VM named `<pid>-<fd>`, as KVM names VMs.
+    pub const fn new(pid: u32, fd: RawFd) -> Self {
+        Self {
+            pid,
+            fd,
+            duplicate: 0,
+        }
+    }
+
     /// The VM a directory name stands for, `None` for the other entries, which are stats.
     pub fn parse(name: &str) -> Option<Self> {
-        let (pid, fd) = name.split_once('-')?;
-        // `parse` alone would take a sign, which KVM never writes.
-        let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-        if !all_digits(pid) || !all_digits(fd) {
-            return None;
-        }
-        Some(Self {
+        let (pid, rest) = name.split_once('-')?;
+        let (fd, duplicate) = match rest.split_once('.') {
+            Some((fd, duplicate)) => (fd, duplicate.parse().ok()?),
+            None => (rest, 0),
+        };
+        let fd: u32 = fd.parse().ok()?;
+        let vm = Self {
             pid: pid.parse().ok()?,
-            fd: fd.parse().ok()?,
-        })
+            fd: fd.try_into().ok()?,
+            duplicate,
+        };
+        // Only the spelling the kernel writes: no sign, no leading zero, no `.0`.
+        (vm.to_string() == name).then_some(vm)
     }
 }
 
+/// The directory name: `<pid>-<fd>` or `<pid>-<fd>.<n>`.
 impl fmt::Display for VmId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.pid, self.fd)
+        write!(f, "{}-{}", self.pid, self.fd)?;
+        if self.duplicate != 0 {
+            write!(f, ".{}", self.duplicate)?;
+        }
+        Ok(())
     }
 }
 
@@ -197,7 +231,23 @@ mod tests {
         );
         assert_eq!(
             debugfs.vms().expect("listable"),
-            [VmId { pid: 100, fd: 5 }, VmId { pid: 100, fd: 7 }]
+            [VmId::new(100, 5), VmId::new(100, 7)]
+        );
+        fs::remove_dir_all(debugfs.root).expect("removable");
+    }
+
+    #[test]
+    fn a_duplicate_name_in_kvms_directory_is_no_vm() {
+        let debugfs = fake_debugfs("duplicate");
+        fs::create_dir_all(debugfs.root.join("100-7.1")).expect("temp dir creatable");
+        fs::write(debugfs.root.join("100-7.1/mmu_shadow_pages"), "1\n").expect("writable");
+        assert_eq!(
+            debugfs.vms().expect("listable"),
+            [VmId::new(100, 5), VmId::new(100, 7)]
+        );
+        assert_eq!(
+            debugfs.sum_over_vms("mmu_shadow_pages").expect("readable"),
+            12
         );
         fs::remove_dir_all(debugfs.root).expect("removable");
     }
@@ -219,7 +269,7 @@ mod tests {
     #[test]
     fn recognises_vm_directory_names() {
         let vm = VmId::parse("1234-5");
-        assert_eq!(vm, Some(VmId { pid: 1234, fd: 5 }));
+        assert_eq!(vm, Some(VmId::new(1234, 5)));
         assert_eq!(vm.map(|vm| vm.to_string()).as_deref(), Some("1234-5"));
         for name in [
             "mmu_shadow_pages",
@@ -227,10 +277,45 @@ mod tests {
             "12-",
             "12-a",
             "+12-5",
+            "12-+5",
             "12--5",
+            "012-5",
+            "12-05",
             "99999999999-5",
+            "1-2147483648",
         ] {
             assert_eq!(VmId::parse(name), None, "{name}");
         }
+    }
+
+    #[test]
+    fn recognises_the_names_of_duplicates() {
+        let vm = VmId::parse("1234-5.2");
+        assert_eq!(
+            vm,
+            Some(VmId {
+                pid: 1234,
+                fd: 5,
+                duplicate: 2
+            })
+        );
+        assert_eq!(vm.map(|vm| vm.to_string()).as_deref(), Some("1234-5.2"));
+        for name in [
+            "1234-5.",
+            "1234-5.0",
+            "1234-5.01",
+            "1234-5.+1",
+            "1234-5.-1",
+            "1234-5.1.1",
+            "1234.1-5",
+            "1234-5.x",
+        ] {
+            assert_eq!(VmId::parse(name), None, "{name}");
+        }
+        // A VM's duplicates come right after it.
+        let mut names = ["1234-6", "1234-5.10", "1234-5.2", "1234-5"].map(VmId::parse);
+        names.sort();
+        let names = names.map(|vm| vm.map(|vm| vm.to_string()).unwrap_or_default());
+        assert_eq!(names, ["1234-5", "1234-5.2", "1234-5.10", "1234-6"]);
     }
 }

@@ -670,7 +670,7 @@ TEST_F_TIMEOUT(vm_name_taken, fd_reuse, 600)
 		    "%s exists, expected two VMs named after fd %d, not three",
 		    path, fd);
 
-	read_breakdown_dir(BREAKDOWN_DEBUGFS, &top);
+	read_global_breakdown(&top);
 	TEST_ASSERT(top.totals.pages == count,
 		    "%s/totals: pages %lu, expected %lu, KVM's global mmu_shadow_pages, with VM A's %lu and VM B's %lu",
 		    BREAKDOWN_DEBUGFS,
@@ -684,7 +684,7 @@ TEST_F_TIMEOUT(vm_name_taken, fd_reuse, 600)
 	assert_vm_dir(dirs[0], fd, counts[0], names[0]);
 	kvm_vm_free(vms[0]);
 	TEST_ASSERT(access(dirs[0], F_OK), "%s is left after VM A is gone", dirs[0]);
-	read_breakdown_dir(BREAKDOWN_DEBUGFS, &top);
+	read_global_breakdown(&top);
 	TEST_ASSERT(top.totals.pages == baseline,
 		    "%s/totals: pages %lu with both VMs gone, expected %lu as before",
 		    BREAKDOWN_DEBUGFS,

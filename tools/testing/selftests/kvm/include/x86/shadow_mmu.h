@@ -59,6 +59,7 @@ void touch_regions_from(struct kvm_vcpu *vcpu, int first, int nr);
 u64 shadow_pages(struct kvm_vm *vm);
 void skip_breakdown_on_count_reads(void);
 bool have_kvm_debugfs(void);
+ssize_t __write_file(const char *path, const void *buf, size_t len);
 void write_file(const char *path, const char *value);
 void read_file(const char *path, char *buf, size_t size);
 u64 read_debugfs_count(const char *path);
@@ -112,7 +113,10 @@ static inline u64 sp_bucket_found(const struct sp_bucket *sb)
 	return sb->pages + sb->zapped - sb->allocated;
 }
 
-/* A pages file, the totals file and the peak file, of a VM or of all. */
+/*
+ * A pages file and the totals file, of a VM or of all, and a VM's peak file:
+ * the top has no peak, so its peaks stay 0.
+ */
 struct sp_breakdown {
 	struct sp_bucket bucket[NR_SP_BUCKETS];
 	struct {
@@ -148,10 +152,10 @@ void vm_breakdown_path(struct kvm_vm *vm, const char *file, char *path,
 bool vm_has_breakdown(struct kvm_vm *vm);
 void breakdown_allow_unseen_zaps(void);
 void read_breakdown_dir(const char *dir, struct sp_breakdown *bd);
+void read_global_breakdown(struct sp_breakdown *bd);
 bool read_breakdown_pages(const char *dir, struct sp_breakdown *bd);
 bool read_vm_breakdown(struct kvm_vm *vm, struct sp_breakdown *bd);
 int assert_global_breakdown(struct sp_breakdown *global);
-int write_peak(const char *path, const char *value);
 void assert_breakdown_step(const struct sp_breakdown *before,
 			   const struct sp_breakdown *after,
 			   const struct sp_delta *expected, const char *what);

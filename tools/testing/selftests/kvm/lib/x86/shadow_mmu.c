@@ -268,15 +268,30 @@ bool have_kvm_debugfs(void)
 	return !access(KVM_DEBUGFS "/mmu_shadow_pages", R_OK);
 }
 
-void write_file(const char *path, const char *value)
+/*
+ * Writes @len bytes of @buf to @path in one write(): what the write returns,
+ * or -errno if the open or the write fails.
+ */
+ssize_t __write_file(const char *path, const void *buf, size_t len)
 {
 	int fd = open(path, O_WRONLY);
-	ssize_t len = strlen(value);
+	ssize_t r;
 
-	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
-	TEST_ASSERT(write(fd, value, len) == len,
-		    "Failed to write '%s' to %s", value, path);
+	if (fd < 0)
+		return -errno;
+	r = write(fd, buf, len);
+	if (r < 0)
+		r = -errno;
 	close(fd);
+	return r;
+}
+
+void write_file(const char *path, const char *value)
+{
+	ssize_t len = strlen(value), r = __write_file(path, value, len);
+
+	TEST_ASSERT(r == len, "Failed to write '%s' to %s: %s", value, path,
+		    r < 0 ? strerror(-r) : "short write");
 }
 
 void read_file(const char *path, char *buf, size_t size)
@@ -576,24 +591,30 @@ static void parse_pages(const char *path, char *text, struct sp_breakdown *bd)
 	}
 }
 
-static void parse_totals(const char *path, char *text, struct sp_breakdown *bd)
+/* A VM's totals file, or with @vm false the top one, which has no peak. */
+static void parse_totals(const char *path, char *text, struct sp_breakdown *bd,
+			 bool vm)
 {
 	const struct {
 		const char *key;
 		u64 *value;
 	} keys[] = {
 		{ "pages", &bd->totals.pages },
-		{ "peak", &bd->totals.peak },
+		{ "peak", vm ? &bd->totals.peak : NULL },
 		{ "allocated", &bd->totals.allocated },
 		{ "zapped", &bd->totals.zapped },
 		{ "bytes", &bd->totals.bytes },
 		{ "page_table_bytes", &bd->totals.page_table_bytes },
 	};
+	const char *known = vm ?
+		"pages, peak, allocated, zapped, bytes and page_table_bytes" :
+		"pages, allocated, zapped, bytes and page_table_bytes";
 	bool seen[ARRAY_SIZE(keys)] = {};
 	char *line, copy[256], *words[2];
 	int i, nr, nr_lines = 0;
 	u64 value = 0;
 
+	memset(&bd->totals, 0, sizeof(bd->totals));
 	while (*text) {
 		line = next_line(&text, path);
 		snprintf(copy, sizeof(copy), "%s", line);
@@ -603,18 +624,19 @@ static void parse_totals(const char *path, char *text, struct sp_breakdown *bd)
 			    "%s line %d is '%s', expected 'key value' with a decimal value",
 			    path, nr_lines, copy);
 		for (i = 0; i < ARRAY_SIZE(keys); i++)
-			if (!strcmp(words[0], keys[i].key))
+			if (keys[i].value && !strcmp(words[0], keys[i].key))
 				break;
 		TEST_ASSERT(i < ARRAY_SIZE(keys),
-			    "%s line %d is '%s', expected one of pages, peak, allocated, zapped, bytes and page_table_bytes",
-			    path, nr_lines, copy);
+			    "%s line %d is '%s', expected one of %s",
+			    path, nr_lines, copy, known);
 		TEST_ASSERT(!seen[i], "%s line %d is '%s', a second '%s'",
 			    path, nr_lines, copy, keys[i].key);
 		seen[i] = true;
 		*keys[i].value = value;
 	}
 	for (i = 0; i < ARRAY_SIZE(keys); i++)
-		TEST_ASSERT(seen[i], "%s has no '%s' line", path, keys[i].key);
+		TEST_ASSERT(seen[i] || !keys[i].value, "%s has no '%s' line",
+			    path, keys[i].key);
 }
 
 /*
@@ -644,14 +666,15 @@ void breakdown_allow_unseen_zaps(void)
 
 /*
  * What holds for any breakdown, of one VM or of all: the columns add up to
- * the totals, the bytes to the pages, the peak is the peak file and at least
- * the pages, and the pages are those found at attach time (never fewer than
- * none) plus those allocated minus those zapped.  With nothing zapped, the
- * count never went down since the VM was attached or the peak reset, so the
- * peak is the pages held, unless pages went unseen, see
+ * the totals, the bytes to the pages, and the pages are those found at
+ * attach time (never fewer than none) plus those allocated minus those
+ * zapped.  A VM's peak is also its peak file and at least the pages.  With
+ * nothing zapped, the count never went down since the VM was attached or the
+ * peak reset, so the peak is the pages held, unless pages went unseen, see
  * breakdown_allow_unseen_zaps().
  */
-static void check_breakdown(const char *dir, const struct sp_breakdown *bd)
+static void check_breakdown(const char *dir, const struct sp_breakdown *bd,
+			    bool vm)
 {
 	u64 pages = 0, allocated = 0, zapped = 0, bytes = 0, found;
 	u64 page_table_bytes;
@@ -685,6 +708,8 @@ static void check_breakdown(const char *dir, const struct sp_breakdown *bd)
 	TEST_ASSERT(bd->totals.page_table_bytes == page_table_bytes,
 		    "%s/totals: page_table_bytes %lu, expected %lu for %lu pages",
 		    dir, bd->totals.page_table_bytes, page_table_bytes, pages);
+	if (!vm)
+		return;
 	TEST_ASSERT(bd->totals.peak == bd->peak,
 		    "%s/totals: peak %lu, expected %lu as in %s/peak",
 		    dir, bd->totals.peak, bd->peak, dir);
@@ -715,8 +740,8 @@ bool read_breakdown_pages(const char *dir, struct sp_breakdown *bd)
 	return true;
 }
 
-/* Reads and checks the breakdown of @dir, a VM's or the top directory. */
-void read_breakdown_dir(const char *dir, struct sp_breakdown *bd)
+/* Reads and checks the breakdown of @dir, a VM's if @vm, else the top one. */
+static void read_breakdown(const char *dir, struct sp_breakdown *bd, bool vm)
 {
 	char path[PATH_MAX], *text = malloc(BREAKDOWN_FILE_SIZE);
 
@@ -726,12 +751,27 @@ void read_breakdown_dir(const char *dir, struct sp_breakdown *bd)
 	parse_pages(path, text, bd);
 	snprintf(path, sizeof(path), "%s/totals", dir);
 	read_whole_file(path, text, BREAKDOWN_FILE_SIZE);
-	parse_totals(path, text, bd);
-	snprintf(path, sizeof(path), "%s/peak", dir);
-	bd->peak = read_debugfs_count(path);
+	parse_totals(path, text, bd, vm);
+	bd->peak = 0;
+	if (vm) {
+		snprintf(path, sizeof(path), "%s/peak", dir);
+		bd->peak = read_debugfs_count(path);
+	}
 	free(text);
 
-	check_breakdown(dir, bd);
+	check_breakdown(dir, bd, vm);
+}
+
+/* Reads and checks the breakdown of the VM directory @dir. */
+void read_breakdown_dir(const char *dir, struct sp_breakdown *bd)
+{
+	read_breakdown(dir, bd, true);
+}
+
+/* Reads and checks the top directory's breakdown, the sums over all VMs. */
+void read_global_breakdown(struct sp_breakdown *bd)
+{
+	read_breakdown(BREAKDOWN_DEBUGFS, bd, false);
 }
 
 /*
@@ -769,17 +809,16 @@ static void add_breakdown(struct sp_breakdown *sum, const struct sp_breakdown *b
 		sum->bucket[b].zapped += bd->bucket[b].zapped;
 		sum->bucket[b].bytes += bd->bucket[b].bytes;
 	}
-	sum->peak += bd->peak;
 }
 
 /*
  * Each VM directory must say which VM it is about, and one named like KVM's
  * must hold as many pages as KVM's count of that VM.  Unless some VM has no
  * directory, the top directory must sum up the VM directories, column by
- * column and peak by peak, and hold KVM's global count, which counts every
- * VM, those that KVM's debugfs has no directory for included.  Returns how
- * many of the VMs in KVM's debugfs have no directory, -1 if the module is
- * not loaded, and the top directory's breakdown in @global if not NULL.
+ * column, and hold KVM's global count, which counts every VM, those that
+ * KVM's debugfs has no directory for included.  Returns how many of the VMs
+ * in KVM's debugfs have no directory, -1 if the module is not loaded, and
+ * the top directory's breakdown in @global if not NULL.
  */
 int assert_global_breakdown(struct sp_breakdown *global)
 {
@@ -816,7 +855,7 @@ int assert_global_breakdown(struct sp_breakdown *global)
 	}
 	closedir(dir);
 
-	read_breakdown_dir(BREAKDOWN_DEBUGFS, &top);
+	read_global_breakdown(&top);
 	if (global)
 		*global = top;
 
@@ -836,32 +875,12 @@ int assert_global_breakdown(struct sp_breakdown *global)
 			    top.bucket[b].zapped, sum.bucket[b].pages,
 			    sum.bucket[b].allocated, sum.bucket[b].zapped, nr_vms);
 	}
-	TEST_ASSERT(top.peak == sum.peak,
-		    BREAKDOWN_DEBUGFS "/peak is %lu, expected %lu, the sum over %d VMs",
-		    top.peak, sum.peak, nr_vms);
 
 	count = global_shadow_pages();
 	TEST_ASSERT(top.totals.pages == count,
 		    "%s/pages holds %lu pages, expected %lu, KVM's global mmu_shadow_pages",
 		    BREAKDOWN_DEBUGFS, top.totals.pages, count);
 	return 0;
-}
-
-/* Writes @value to the peak file @path: 0 or the write's errno. */
-int write_peak(const char *path, const char *value)
-{
-	int fd = open(path, O_WRONLY), err = 0;
-	ssize_t len = strlen(value), r;
-
-	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
-	r = write(fd, value, len);
-	if (r < 0)
-		err = errno;
-	else
-		TEST_ASSERT(r == len, "Wrote %ld bytes of '%s' to %s, expected %ld",
-			    r, value, path, len);
-	close(fd);
-	return err;
 }
 
 /*

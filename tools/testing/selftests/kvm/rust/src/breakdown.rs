@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use kvm_stats::breakdown::{Pages, Role, Totals};
+use kvm_stats::breakdown::{Pages, Role, Totals, VmTotals};
 
 /// The `pages` column by role, without the roles that hold no page.
 pub type Held = BTreeMap<Role, u64>;
@@ -108,15 +108,9 @@ pub fn found_by_role(pages: &Pages) -> BTreeMap<Role, i128> {
 }
 
 /// The checks that hold for a VM's files, or those of all VMs, read while no VM runs: the
-/// buckets add up to the stat `count`, each bucket's bytes follow its role, `totals` sums
-/// `pages`, and the peak, in `totals` as in `peak`, is at least the pages held.
-pub fn check_files(
-    pages: &Pages,
-    totals: &Totals,
-    peak: u64,
-    count: u64,
-    stat: &str,
-) -> Result<(), String> {
+/// buckets add up to the stat `count`, each bucket's bytes follow its role, and `totals` sums
+/// `pages`.
+pub fn check_files(pages: &Pages, totals: &Totals, count: u64, stat: &str) -> Result<(), String> {
     if pages.pages() != count {
         return Err(format!(
             "the buckets hold {} pages, {stat} is {count}: {}",
@@ -152,6 +146,19 @@ pub fn check_files(
             ));
         }
     }
+    Ok(())
+}
+
+/// [`check_files`] for a VM's files, whose peak, in `totals` as in `peak`, is also at least the
+/// pages held.
+pub fn check_vm_files(
+    pages: &Pages,
+    totals: &VmTotals,
+    peak: u64,
+    count: u64,
+    stat: &str,
+) -> Result<(), String> {
+    check_files(pages, &totals.sums, count, stat)?;
     if totals.peak != peak {
         return Err(format!(
             "totals says peak {}, the peak file {peak}",
@@ -243,12 +250,12 @@ mod tests {
     };
 
     /// The files of the shadow paging scenario's VM: 48 touches of small pages.
-    fn after_a_run() -> (Pages, Totals) {
+    fn after_a_run() -> (Pages, VmTotals) {
         let pages = pages(
             "1 0 0 0 49 49 0 401408\n2 0 0 0 2 2 0 16384\n3 0 0 0 1 1 0 8192\n\
              4 0 0 0 1 1 0 4096\n",
         );
-        let totals = Totals::parse(
+        let totals = VmTotals::parse(
             "pages 53\npeak 53\nallocated 53\nzapped 0\nbytes 430080\npage_table_bytes 217088\n",
         )
         .expect("sample parses");
@@ -314,7 +321,9 @@ mod tests {
     #[test]
     fn consistent_files_pass() {
         let (pages, totals) = after_a_run();
-        assert_eq!(check_files(&pages, &totals, 53, 53, "stat"), Ok(()));
+        assert_eq!(check_vm_files(&pages, &totals, 53, 53, "stat"), Ok(()));
+        // The same VM alone, as the files of all VMs give it: no peak to check.
+        assert_eq!(check_files(&pages, &totals.sums, 53, "stat"), Ok(()));
         assert!(found_by_role(&pages).is_empty());
     }
 
@@ -326,7 +335,7 @@ mod tests {
             "1 0 0 0 49 49 0 401408\n2 0 0 0 2 2 0 16384\n3 0 0 0 1 1 0 8192\n\
              4 0 0 0 1 1 0 4096\n1 1 0 0 49 49 0 200704\n",
         );
-        let error = check_files(&doubled, &totals, 53, 53, "mmu_shadow_pages")
+        let error = check_vm_files(&doubled, &totals, 53, 53, "mmu_shadow_pages")
             .expect_err("102 pages are not 53");
         assert!(
             error.starts_with("the buckets hold 102 pages, mmu_shadow_pages is 53"),
@@ -342,7 +351,7 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(
-            check_files(&wrong_bytes, &totals, 53, 53, "stat"),
+            check_vm_files(&wrong_bytes, &totals, 53, 53, "stat"),
             Err(
                 "level 2 indirect L1 non-SMM: 8192 bytes, expected 16384 for 2 pages of 8192"
                     .into()
@@ -350,20 +359,20 @@ mod tests {
         );
         let wrong_total = Totals {
             zapped: 1,
-            ..totals.clone()
+            ..totals.sums.clone()
         };
-        let error = check_files(&pages, &wrong_total, 53, 53, "stat").expect_err("zapped 1 != 0");
+        let error = check_files(&pages, &wrong_total, 53, "stat").expect_err("zapped 1 != 0");
         assert!(
             error.starts_with("totals says zapped 1, the pages file gives 0"),
             "{error}"
         );
         assert_eq!(
-            check_files(&pages, &totals, 54, 53, "stat"),
+            check_vm_files(&pages, &totals, 54, 53, "stat"),
             Err("totals says peak 53, the peak file 54".into())
         );
-        let low_peak = Totals { peak: 52, ..totals };
+        let low_peak = VmTotals { peak: 52, ..totals };
         assert_eq!(
-            check_files(&pages, &low_peak, 52, 53, "stat"),
+            check_vm_files(&pages, &low_peak, 52, 53, "stat"),
             Err("peak is 52, below the 53 pages held".into())
         );
     }

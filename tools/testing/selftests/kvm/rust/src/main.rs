@@ -16,7 +16,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::raw::c_ulong;
 use std::os::unix::fs::OpenOptionsExt;
@@ -29,8 +29,8 @@ use kvm_stats::debugfs::{KvmDebugfs, VmId};
 use kvm_stats::stats::{StatBase, StatKind, StatUnit, Stats};
 use kvm_stats::stats_fd::open_stats;
 use shadow_mmu_stats_selftest::breakdown::{
-    Held, after_oldest_zapped, check_files, check_sum, check_zap, compare_held, found_by_role,
-    needed_by_role, show, show_pages,
+    Held, after_oldest_zapped, check_files, check_sum, check_vm_files, check_zap, compare_held,
+    found_by_role, needed_by_role, show, show_pages,
 };
 use shadow_mmu_stats_selftest::guest::{TestVm, TouchMapping};
 use shadow_mmu_stats_selftest::host::{self, Paging};
@@ -147,36 +147,110 @@ struct Breakdown {
     peak: u64,
 }
 
-/// Checks the writes a `peak` file takes: `1` fails with `EINVAL` and changes nothing, `0` sets
-/// the peak to the `held` pages.
-fn check_peak_reset(files: &ShadowStatsDebugfs, scope: Scope, held: u64) -> ScenarioResult {
-    let peak = files.peak(scope)?;
-    match files.write_peak(scope, b"1") {
-        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {}
-        Err(error) => return Err(failed(format!("{error}, expected EINVAL for a write of 1"))),
-        Ok(()) => {
-            return Err(failed(format!(
-                "{scope}: a write of 1 to the peak succeeded, expected EINVAL"
-            )));
+/// A reset's `0\n`, then newlines up to a page: longer than any reset.
+const LONG_RESET: [u8; 4096] = {
+    let mut bytes = [b'\n'; 4096];
+    bytes[0] = b'0';
+    bytes
+};
+
+/// Writes a `peak` file must refuse: all but `0` and `0\n`. The empty one too: neither
+/// `vfs_write()` nor debugfs, in C or Rust, returns early on 0 bytes, so the module sees it.
+const REFUSED_PEAK_WRITES: [&[u8]; 8] = [
+    b"1",
+    b"abc",
+    b"-1",
+    b"0x1",
+    b"00000",
+    b"0\n\n\n\n",
+    b"",
+    &LONG_RESET,
+];
+
+/// `bytes`, escaped, for a message; only the first few of many.
+fn show_bytes(bytes: &[u8]) -> String {
+    const SHOWN: usize = 8;
+    match bytes.get(..SHOWN) {
+        Some(head) if bytes.len() > SHOWN => {
+            format!("{} bytes \"{}...\"", bytes.len(), head.escape_ascii())
         }
+        _ => format!("\"{}\"", bytes.escape_ascii()),
     }
-    let unchanged = files.peak(scope)?;
-    ensure!(
-        unchanged == peak,
-        "{scope}: the peak went from {peak} to {unchanged} on a refused write"
-    );
-    files.reset_peak(scope)?;
-    let reset = files.peak(scope)?;
+}
+
+/// Checks that nothing at the top resets `vm`'s `peak`: all VMs have no `peak` file, and their
+/// `totals` and `pages` take no write.
+fn check_top_resets_no_peak(files: &ShadowStatsDebugfs, vm: VmId, peak: u64) -> ScenarioResult {
+    for name in ["peak", "totals", "pages"] {
+        let path = files.dir(Scope::AllVms).join(name);
+        let written = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut file| file.write(b"0"));
+        match written {
+            Ok(_) => {
+                return Err(failed(format!(
+                    "{}: a write of 0 succeeded, expected it to fail",
+                    path.display()
+                )));
+            }
+            Err(error) if name == "peak" && error.kind() != io::ErrorKind::NotFound => {
+                return Err(failed(format!(
+                    "{}: {error}, expected ENOENT: all VMs have no peak",
+                    path.display()
+                )));
+            }
+            Err(_) => {}
+        }
+        let now = files.peak(vm)?;
+        ensure!(
+            now == peak,
+            "VM {vm}: the peak went from {peak} to {now} on a write of 0 to {}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Checks the writes `vm`'s `peak` file takes: nothing at the top changes it, each of
+/// [`REFUSED_PEAK_WRITES`] fails with `EINVAL` and changes nothing, `0` sets the peak to the
+/// `held` pages.
+fn check_peak_reset(files: &ShadowStatsDebugfs, vm: VmId, held: u64) -> ScenarioResult {
+    let peak = files.peak(vm)?;
+    check_top_resets_no_peak(files, vm, peak)?;
+    for bytes in REFUSED_PEAK_WRITES {
+        let what = show_bytes(bytes);
+        match files.write_peak(vm, bytes) {
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(error) => {
+                return Err(failed(format!(
+                    "{error}, expected EINVAL for a write of {what}"
+                )));
+            }
+            Ok(()) => {
+                return Err(failed(format!(
+                    "VM {vm}: a write of {what} to the peak succeeded, expected EINVAL"
+                )));
+            }
+        }
+        let unchanged = files.peak(vm)?;
+        ensure!(
+            unchanged == peak,
+            "VM {vm}: the peak went from {peak} to {unchanged} on a refused write of {what}"
+        );
+    }
+    files.reset_peak(vm)?;
+    let reset = files.peak(vm)?;
     ensure!(
         reset == held,
-        "{scope}: the peak is {reset} after a write of 0, expected the {held} pages held"
+        "VM {vm}: the peak is {reset} after a write of 0, expected the {held} pages held"
     );
     Ok(())
 }
 
 /// The files of all VMs, checked against the files of each VM and KVM's global stat `count`:
-/// every VM KVM lists has a directory and no other does, the buckets are the VMs' added up,
-/// and the peak is the sum of their peaks.
+/// every VM KVM lists has a directory and no other does, and the buckets are the VMs' added
+/// up.
 fn all_vms_breakdown(
     files: &ShadowStatsDebugfs,
     debugfs: &KvmDebugfs,
@@ -197,27 +271,14 @@ fn all_vms_breakdown(
         list(&kvm_vms)
     );
     let mut per_vm = Vec::new();
-    let mut peaks = 0u64;
     for &vm in &vms {
         per_vm.push(files.pages(Scope::Vm(vm))?);
-        peaks = peaks.saturating_add(files.peak(Scope::Vm(vm))?);
     }
     let all = files.pages(Scope::AllVms)?;
     check_sum(&all, &per_vm).map_err(failed)?;
-    let totals = files.totals(Scope::AllVms)?;
-    let peak = files.peak(Scope::AllVms)?;
-    check_files(
-        &all,
-        &totals,
-        peak,
-        count,
-        &format!("global debugfs {STAT}"),
-    )
-    .map_err(|reason| failed(format!("all VMs: {reason}")))?;
-    ensure!(
-        peak == peaks,
-        "the peak of all VMs is {peak}, the VMs' peaks add up to {peaks}"
-    );
+    let totals = files.all_vms_totals()?;
+    check_files(&all, &totals, count, &format!("global debugfs {STAT}"))
+        .map_err(|reason| failed(format!("all VMs: {reason}")))?;
     Ok(all)
 }
 
@@ -297,7 +358,7 @@ impl Host {
     }
 
     /// The sum over all VMs that debugfs gives, checked against the per-VM files, and the
-    /// breakdown of all VMs against the VMs' and the writes its peak takes.
+    /// breakdown of all VMs against the VMs'.
     fn global_stat(&self, checks: &mut BreakdownChecks) -> Result<u64, NotPassed> {
         let global = sane(self.debugfs.global(STAT)?, "global debugfs")?;
         let sum = self.debugfs.sum_over_vms(STAT)?;
@@ -305,23 +366,7 @@ impl Host {
             global == sum,
             "global debugfs {STAT} is {global}, the per-VM files add up to {sum}"
         );
-        checks.run(|files| {
-            all_vms_breakdown(files, &self.debugfs, global)?;
-            // A reset of all VMs' peak resets each VM's.
-            check_peak_reset(files, Scope::AllVms, global)?;
-            for vm in files.vms()? {
-                let (peak, held) = (
-                    files.peak(Scope::Vm(vm))?,
-                    files.pages(Scope::Vm(vm))?.pages(),
-                );
-                ensure!(
-                    peak == held,
-                    "VM {vm}: the peak is {peak} after a reset of all VMs', expected the {held} \
-                     pages held"
-                );
-            }
-            Ok(())
-        });
+        checks.run(|files| all_vms_breakdown(files, &self.debugfs, global));
         Ok(global)
     }
 
@@ -384,10 +429,7 @@ impl ObservedVm {
     }
 
     fn id(&self) -> VmId {
-        VmId {
-            pid: self.pid,
-            fd: self.vm_fd,
-        }
+        VmId::new(self.pid, self.vm_fd)
     }
 
     /// Forgets the pages found at attach, as the module was loaded or unloaded.
@@ -423,8 +465,8 @@ impl ObservedVm {
 
     /// Reads and checks the VM's breakdown after a step in which the VM came to hold `count`
     /// pages: the buckets add up to the count and to `totals`, events explain every change
-    /// since the module attached the VM, the peak takes a reset, and the files of all VMs
-    /// still add up.
+    /// since the module attached the VM, the peak takes a reset and nothing else, and the files
+    /// of all VMs still add up.
     fn check_breakdown(
         &self,
         host: &Host,
@@ -438,9 +480,9 @@ impl ObservedVm {
             files.root().display()
         );
         let pages = files.pages(scope)?;
-        let totals = files.totals(scope)?;
-        let peak = files.peak(scope)?;
-        check_files(&pages, &totals, peak, count, STAT)
+        let totals = files.vm_totals(id)?;
+        let peak = files.peak(id)?;
+        check_vm_files(&pages, &totals, peak, count, STAT)
             .map_err(|reason| failed(format!("VM {id}: {reason}")))?;
         let found = found_by_role(&pages);
         let mut known = self.found.borrow_mut();
@@ -455,7 +497,7 @@ impl ObservedVm {
                 show_pages(&pages)
             ),
         }
-        check_peak_reset(files, scope, count)?;
+        check_peak_reset(files, id, count)?;
         all_vms_breakdown(files, &host.debugfs, host.debugfs.global(STAT)?)?;
         Ok(Breakdown { pages, peak })
     }
@@ -969,8 +1011,7 @@ fn check_adopted(
     twin: &Held,
     what: &str,
 ) -> ScenarioResult {
-    let scope = Scope::Vm(vm.id());
-    let pages = files.pages(scope)?;
+    let pages = files.pages(Scope::Vm(vm.id()))?;
     compare_held(
         &format!("{what}, right after insmod, against its twin"),
         twin,
@@ -982,7 +1023,7 @@ fn check_adopted(
         "{what}, right after insmod: events before any: {}",
         show_pages(&pages)
     );
-    let peak = files.peak(scope)?;
+    let peak = files.peak(vm.id())?;
     ensure!(
         peak == pages.pages(),
         "{what}, right after insmod: the peak is {peak}, the pages found {}",
