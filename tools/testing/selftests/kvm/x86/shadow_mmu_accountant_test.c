@@ -508,10 +508,20 @@ static const char *module_test_skip_reason(void)
 	return NULL;
 }
 
-static void save_module_state(struct module_state *state)
+/*
+ * A fixture's setup: skips the test if it cannot run here, else saves the
+ * module's state for the teardown to restore.
+ */
+static bool setup_module_test(struct __test_metadata *_metadata,
+			      struct module_state *state)
 {
+	const char *reason = module_test_skip_reason();
+
+	if (reason)
+		SKIP(return false, "%s", reason);
 	state->path = getenv(MODULE_ENV);
 	state->was_loaded = module_loaded();
+	return true;
 }
 
 static void set_module_loaded(const struct module_state *state, bool loaded)
@@ -597,11 +607,7 @@ FIXTURE_VARIANT_ADD(vm_name_taken, module_loaded_last) {
 
 FIXTURE_SETUP(vm_name_taken)
 {
-	const char *reason = module_test_skip_reason();
-
-	if (reason)
-		SKIP(return, "%s", reason);
-	save_module_state(&self->module);
+	setup_module_test(_metadata, &self->module);
 }
 
 FIXTURE_TEARDOWN_PARENT(vm_name_taken)
@@ -892,11 +898,7 @@ FIXTURE(module_restored) {
 
 FIXTURE_SETUP(module_restored)
 {
-	const char *reason = module_test_skip_reason();
-
-	if (reason)
-		SKIP(return, "%s", reason);
-	save_module_state(&self->module);
+	setup_module_test(_metadata, &self->module);
 }
 
 FIXTURE_TEARDOWN_PARENT(module_restored)
@@ -1082,16 +1084,14 @@ FIXTURE(stray) {
 
 FIXTURE_SETUP(stray)
 {
-	const char *reason = module_test_skip_reason();
 	const char *module = getenv(MODULE_ENV);
 
-	if (reason)
-		SKIP(return, "%s", reason);
+	if (!setup_module_test(_metadata, &self->module))
+		return;
 	snprintf(self->buggy, sizeof(self->buggy), "%.*s/" BUGGY_NAME ".ko",
 		 (int)(strrchr(module, '/') - module), module);
 	if (access(self->buggy, R_OK))
 		SKIP(return, "no " BUGGY_NAME ".ko next to " MODULE_NAME ".ko");
-	save_module_state(&self->module);
 }
 
 FIXTURE_TEARDOWN_PARENT(stray)
