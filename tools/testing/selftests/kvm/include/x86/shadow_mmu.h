@@ -155,7 +155,7 @@ void read_breakdown_dir(const char *dir, struct sp_breakdown *bd);
 void read_global_breakdown(struct sp_breakdown *bd);
 bool read_breakdown_pages(const char *dir, struct sp_breakdown *bd);
 bool read_vm_breakdown(struct kvm_vm *vm, struct sp_breakdown *bd);
-int assert_global_breakdown(struct sp_breakdown *global);
+void assert_global_breakdown(struct sp_breakdown *global);
 void assert_breakdown_step(const struct sp_breakdown *before,
 			   const struct sp_breakdown *after,
 			   const struct sp_delta *expected, const char *what);
