@@ -90,15 +90,25 @@ static bool module_loaded(void)
 	return __module_loaded(MODULE_NAME);
 }
 
-/* finit_module() of @path with @params: 0 or its errno. */
+/*
+ * finit_module() of @module_fd with @params: 0 or its errno, with errno
+ * cleared, see path_errno().
+ */
+static int finit_module_errno(int module_fd, const char *params)
+{
+	int err = syscall(SYS_finit_module, module_fd, params, 0) ? errno : 0;
+
+	errno = 0;
+	return err;
+}
+
 static int load_module_params(const char *path, const char *params)
 {
-	int fd = open_path_or_exit(path, O_RDONLY | O_CLOEXEC);
-	int r = syscall(SYS_finit_module, fd, params, 0);
-	int err = errno;
+	int fd = open_path_or_fail(path, O_RDONLY | O_CLOEXEC);
+	int err = finit_module_errno(fd, params);
 
 	close(fd);
-	return r ? err : 0;
+	return err;
 }
 
 static int load_module(const char *path)
@@ -568,7 +578,7 @@ static void assert_vm_dir(const char *dir, int fd, u64 count, const char *what)
 {
 	struct sp_breakdown bd;
 
-	TEST_ASSERT(!access(dir, F_OK), "%s has no breakdown: %s is missing",
+	TEST_ASSERT(!path_errno(dir, F_OK), "%s has no breakdown: %s is missing",
 		    what, dir);
 	read_breakdown_dir(dir, &bd);
 	assert_breakdown_vm_file(dir, getpid(), fd);
@@ -672,7 +682,7 @@ TEST_F_TIMEOUT(vm_name_taken, fd_reuse, 600)
 	for (i = 0; i < 2; i++)
 		assert_vm_dir(dirs[i], fd, counts[i], names[i]);
 	snprintf(path, sizeof(path), BREAKDOWN_DEBUGFS "/%d-%d.2", getpid(), fd);
-	TEST_ASSERT(access(path, F_OK),
+	TEST_ASSERT(path_errno(path, F_OK) == ENOENT,
 		    "%s exists, expected two VMs named after fd %d, not three",
 		    path, fd);
 
@@ -685,10 +695,12 @@ TEST_F_TIMEOUT(vm_name_taken, fd_reuse, 600)
 
 	/* B's directory goes with B, A's stays, then goes with A. */
 	kvm_vm_free(vms[1]);
-	TEST_ASSERT(access(dirs[1], F_OK), "%s is left after VM B is gone", dirs[1]);
+	TEST_ASSERT(path_errno(dirs[1], F_OK) == ENOENT,
+		    "%s is left after VM B is gone", dirs[1]);
 	assert_vm_dir(dirs[0], fd, counts[0], names[0]);
 	kvm_vm_free(vms[0]);
-	TEST_ASSERT(access(dirs[0], F_OK), "%s is left after VM A is gone", dirs[0]);
+	TEST_ASSERT(path_errno(dirs[0], F_OK) == ENOENT,
+		    "%s is left after VM A is gone", dirs[0]);
 	read_global_breakdown(&top);
 	TEST_ASSERT(top.totals.pages == baseline,
 		    "%s/totals: pages %lu with both VMs gone, expected %lu as before",
@@ -1234,13 +1246,12 @@ static int load_module_failing_nth(int module_fd, int fail_nth_fd,
 				   unsigned int nth, unsigned int *left)
 {
 	char buf[16];
-	int len, r, err;
+	int len, err;
 
 	len = snprintf(buf, sizeof(buf), "%u", nth);
 	TEST_ASSERT(pwrite(fail_nth_fd, buf, len, 0) == len,
 		    "Failed to write %u to fail-nth", nth);
-	r = syscall(SYS_finit_module, module_fd, "", 0);
-	err = errno;
+	err = finit_module_errno(module_fd, "");
 
 	/* The countdown stops at 0 on the failure it injects. */
 	len = pread(fail_nth_fd, buf, sizeof(buf) - 1, 0);
@@ -1249,7 +1260,7 @@ static int load_module_failing_nth(int module_fd, int fail_nth_fd,
 	*left = strtoul(buf, NULL, 10);
 	TEST_ASSERT(pwrite(fail_nth_fd, "0", 1, 0) == 1,
 		    "Failed to reset fail-nth");
-	return r ? err : 0;
+	return err;
 }
 
 struct fault_sweep {
@@ -1292,7 +1303,7 @@ static enum breakdown_state breakdown_state(struct fault_sweep *sweep,
 	snprintf(needle, sizeof(needle), MODULE_NAME ": %d-%d: " NO_BREAKDOWN,
 		 getpid(), vm->fd);
 	reported = kmsg_read_for(sweep->kmsg_fd, needle, report, sizeof(report));
-	if (!access(dir, F_OK)) {
+	if (!path_errno(dir, F_OK)) {
 		TEST_ASSERT(!reported,
 			    "Allocation %u failing: %s exists, yet the module said: %s",
 			    nth, dir, report);
@@ -1312,12 +1323,12 @@ static void assert_no_breakdown_left(unsigned int nth, const char *when)
 	char path[PATH_MAX];
 	int i;
 
-	TEST_ASSERT(access(BREAKDOWN_DEBUGFS, F_OK),
+	TEST_ASSERT(path_errno(BREAKDOWN_DEBUGFS, F_OK) == ENOENT,
 		    "Allocation %u failing, %s: %s exists with %s unloaded",
 		    nth, when, BREAKDOWN_DEBUGFS, MODULE_NAME);
 	for (i = 0; i < ARRAY_SIZE(files); i++) {
 		snprintf(path, sizeof(path), FAULT_DEBUGFS "/%s", files[i]);
-		TEST_ASSERT(access(path, F_OK),
+		TEST_ASSERT(path_errno(path, F_OK) == ENOENT,
 			    "Allocation %u failing, %s: %s exists, a breakdown file outside %s, left for anyone to open into the unloaded module",
 			    nth, when, path, BREAKDOWN_DEBUGFS);
 	}
@@ -1449,11 +1460,8 @@ TEST_F_TIMEOUT(module_load_faults, every_allocation, 3600)
 		    "Two zaps and regrows gave %lu/%lu and %lu/%lu shadow pages, expected equal counts",
 		    sweep.expected[0], sweep.expected[1], again[0], again[1]);
 
-	sweep.fail_nth_fd = open("/proc/thread-self/fail-nth", O_RDWR);
-	TEST_ASSERT(sweep.fail_nth_fd >= 0,
-		    "Failed to open /proc/thread-self/fail-nth");
-	sweep.module_fd = open(sweep.module, O_RDONLY | O_CLOEXEC);
-	TEST_ASSERT(sweep.module_fd >= 0, "Failed to open %s", sweep.module);
+	sweep.fail_nth_fd = open_path_or_fail("/proc/thread-self/fail-nth", O_RDWR);
+	sweep.module_fd = open_path_or_fail(sweep.module, O_RDONLY | O_CLOEXEC);
 	sweep.kmsg_fd = kmsg_open_at_end();
 
 	for (nth = 1; nth < MAX_LOAD_ALLOCATIONS; nth++) {

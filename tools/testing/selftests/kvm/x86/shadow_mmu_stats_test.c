@@ -397,14 +397,13 @@ TEST(teardown)
 		    global, before, count);
 
 	vm_debugfs_path(vm, "", dir, sizeof(dir));
-	TEST_ASSERT(!access(dir, F_OK), "%s is missing", dir);
+	TEST_ASSERT(!path_errno(dir, F_OK), "%s is missing", dir);
 	breakdown = vm_breakdown(vm, &bd);
 	vm_breakdown_path(vm, "", breakdown_dir, sizeof(breakdown_dir));
 
 	kvm_vm_free(vm);
 
-	TEST_ASSERT(access(dir, F_OK) && errno == ENOENT,
-		    "%s outlived its VM", dir);
+	TEST_ASSERT(path_errno(dir, F_OK) == ENOENT, "%s outlived its VM", dir);
 	global = global_shadow_pages();
 	TEST_ASSERT(global == before,
 		    "Global mmu_shadow_pages is %lu after the VM's end, expected %lu",
@@ -412,7 +411,7 @@ TEST(teardown)
 
 	/* The VM's pages and events leave the global breakdown too. */
 	if (breakdown) {
-		TEST_ASSERT(access(breakdown_dir, F_OK) && errno == ENOENT,
+		TEST_ASSERT(path_errno(breakdown_dir, F_OK) == ENOENT,
 			    "%s outlived its VM", breakdown_dir);
 		assert_global_breakdown(&global_bd);
 		TEST_ASSERT(!memcmp(global_bd.bucket, global_before.bucket,
@@ -423,19 +422,6 @@ TEST(teardown)
 			    global_before.totals.allocated,
 			    global_before.totals.zapped);
 	}
-}
-
-/*
- * What __write_file() returns, with errno cleared: TEST_ASSERT() takes a
- * failure with errno EACCES for a lack of permission and skips, where a
- * write refused or taken wrongly must fail the test.
- */
-static ssize_t breakdown_write(const char *path, const void *buf, size_t len)
-{
-	ssize_t r = __write_file(path, buf, len);
-
-	errno = 0;
-	return r;
 }
 
 /* A reset's "0\n", then newlines up to a page: longer than any reset. */
@@ -472,8 +458,8 @@ static void assert_peak_write_refusals(const char *path, u64 peak)
 	int i;
 
 	for (i = 0; i < ARRAY_SIZE(refused_peak_writes); i++) {
-		r = breakdown_write(path, refused_peak_writes[i].buf,
-				    refused_peak_writes[i].len);
+		r = __write_file(path, refused_peak_writes[i].buf,
+				 refused_peak_writes[i].len);
 		now = read_debugfs_count(path);
 		TEST_ASSERT(r == -EINVAL, "Writing %s to %s: %s, expected EINVAL",
 			    refused_peak_writes[i].what, path,
@@ -503,7 +489,7 @@ static void assert_top_resets_no_peak(const char *peak_path, u64 peak)
 
 	for (i = 0; i < ARRAY_SIZE(top); i++) {
 		snprintf(path, sizeof(path), BREAKDOWN_DEBUGFS "/%s", top[i].file);
-		r = breakdown_write(path, "0", 1);
+		r = __write_file(path, "0", 1);
 		now = read_debugfs_count(peak_path);
 		TEST_ASSERT(r < 0 && (!top[i].err || r == -top[i].err),
 			    "Writing '0' to %s: %s, expected %s", path,
@@ -556,7 +542,7 @@ TEST(breakdown_peak)
 	/* Above the count, the peak shows any reset. */
 	assert_top_resets_no_peak(peak_path, full);
 	assert_peak_write_refusals(peak_path, full);
-	r = breakdown_write(peak_path, "0", 1);
+	r = __write_file(peak_path, "0", 1);
 	TEST_ASSERT(r == 1, "Writing '0' to %s: %s, expected a reset", peak_path,
 		    r < 0 ? strerror(-r) : "short write");
 	vm_breakdown(vm, &bd);

@@ -59,6 +59,8 @@ void touch_regions_from(struct kvm_vcpu *vcpu, int first, int nr);
 u64 shadow_pages(struct kvm_vm *vm);
 void skip_breakdown_on_count_reads(void);
 bool have_kvm_debugfs(void);
+int path_errno(const char *path, int mode);
+int open_path_or_fail(const char *path, int flags);
 ssize_t __write_file(const char *path, const void *buf, size_t len);
 void write_file(const char *path, const char *value);
 void read_file(const char *path, char *buf, size_t size);

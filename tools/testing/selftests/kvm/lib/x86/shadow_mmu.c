@@ -49,9 +49,48 @@ bool have_nested_npt(void)
 	return kvm_cpu_has(X86_FEATURE_SVM) && kvm_cpu_has_npt();
 }
 
+/*
+ * TEST_ASSERT() takes a failure with errno EACCES for a lack of permission
+ * and skips the test, whatever the assertion is about.  To these tests, an
+ * EACCES from a file they read or write, or from a module load, is an error
+ * like any other: path_errno(), open_path_or_fail(), __write_file() and the
+ * readers below give it back or print it themselves, and leave errno
+ * cleared, so that no assertion after them can turn into a skip on it.
+ *
+ * path_errno(): 0 if access(@path, @mode) succeeds, else its errno.
+ */
+int path_errno(const char *path, int mode)
+{
+	int err = access(path, mode) ? errno : 0;
+
+	errno = 0;
+	return err;
+}
+
+/* Unlike open_path_or_exit(), which skips the test on ENOENT, fails it. */
+int open_path_or_fail(const char *path, int flags)
+{
+	int fd = open(path, flags);
+	int err = errno;
+
+	errno = 0;
+	TEST_ASSERT(fd >= 0, "Failed to open %s: %s", path, strerror(err));
+	return fd;
+}
+
+static DIR *opendir_or_fail(const char *path)
+{
+	DIR *dir = opendir(path);
+	int err = errno;
+
+	errno = 0;
+	TEST_ASSERT(dir, "Failed to open %s: %s", path, strerror(err));
+	return dir;
+}
+
 int kmsg_open_at_end(void)
 {
-	int kmsg_fd = open_path_or_exit("/dev/kmsg", O_RDONLY | O_NONBLOCK);
+	int kmsg_fd = open_path_or_fail("/dev/kmsg", O_RDONLY | O_NONBLOCK);
 
 	TEST_ASSERT(lseek(kmsg_fd, 0, SEEK_END) >= 0,
 		    "Failed to skip the kernel log so far");
@@ -63,6 +102,7 @@ bool kmsg_read_for(int kmsg_fd, const char *needle, char *match, size_t size)
 	char record[8192], *message;
 	bool found = false;
 	ssize_t len;
+	int err;
 
 	for (;;) {
 		len = read(kmsg_fd, record, sizeof(record) - 1);
@@ -78,7 +118,10 @@ bool kmsg_read_for(int kmsg_fd, const char *needle, char *match, size_t size)
 		message = strchr(record, ';');
 		snprintf(match, size, "%s", message ? message + 1 : record);
 	}
-	TEST_ASSERT(len < 0 && errno == EAGAIN, "Failed to read /dev/kmsg");
+	err = errno;
+	errno = 0;
+	TEST_ASSERT(len < 0 && err == EAGAIN, "Failed to read /dev/kmsg: %s",
+		    len < 0 ? strerror(err) : "end of file");
 	return found;
 }
 
@@ -265,24 +308,27 @@ u64 shadow_pages(struct kvm_vm *vm)
 
 bool have_kvm_debugfs(void)
 {
-	return !access(KVM_DEBUGFS "/mmu_shadow_pages", R_OK);
+	return !path_errno(KVM_DEBUGFS "/mmu_shadow_pages", R_OK);
 }
 
 /*
  * Writes @len bytes of @buf to @path in one write(): what the write returns,
- * or -errno if the open or the write fails.
+ * or -errno if the open or the write fails, with errno cleared.
  */
 ssize_t __write_file(const char *path, const void *buf, size_t len)
 {
 	int fd = open(path, O_WRONLY);
 	ssize_t r;
 
-	if (fd < 0)
-		return -errno;
-	r = write(fd, buf, len);
-	if (r < 0)
+	if (fd < 0) {
 		r = -errno;
-	close(fd);
+	} else {
+		r = write(fd, buf, len);
+		if (r < 0)
+			r = -errno;
+		close(fd);
+	}
+	errno = 0;
 	return r;
 }
 
@@ -294,35 +340,31 @@ void write_file(const char *path, const char *value)
 		    r < 0 ? strerror(-r) : "short write");
 }
 
-void read_file(const char *path, char *buf, size_t size)
-{
-	int fd = open(path, O_RDONLY);
-	ssize_t len;
-
-	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
-	len = read(fd, buf, size - 1);
-	TEST_ASSERT(len > 0, "Failed to read %s", path);
-	buf[len] = '\0';
-	close(fd);
-}
-
 /* All of @path, which must hold less than @size bytes, as a string. */
 static void read_whole_file(const char *path, char *buf, size_t size)
 {
-	int fd = open(path, O_RDONLY);
+	int fd = open_path_or_fail(path, O_RDONLY);
 	size_t len = 0;
 	ssize_t r;
+	int err;
 
-	TEST_ASSERT(fd >= 0, "Failed to open %s", path);
 	do {
 		r = read(fd, buf + len, size - len);
-		TEST_ASSERT(r >= 0, "Failed to read %s", path);
+		err = errno;
+		errno = 0;
+		TEST_ASSERT(r >= 0, "Failed to read %s: %s", path, strerror(err));
 		len += r;
 	} while (r && len < size);
 	TEST_ASSERT(len < size, "%s holds %zu bytes or more, expected less",
 		    path, size);
 	buf[len] = '\0';
 	close(fd);
+}
+
+void read_file(const char *path, char *buf, size_t size)
+{
+	read_whole_file(path, buf, size);
+	TEST_ASSERT(*buf, "%s is empty", path);
 }
 
 u64 read_debugfs_count(const char *path)
@@ -369,8 +411,7 @@ int sum_vm_debugfs_shadow_pages(u64 *sum)
 	int nr_vms = 0, pid, fd;
 	DIR *dir;
 
-	dir = opendir(KVM_DEBUGFS);
-	TEST_ASSERT(dir, "Failed to open " KVM_DEBUGFS);
+	dir = opendir_or_fail(KVM_DEBUGFS);
 
 	*sum = 0;
 	while ((dent = readdir(dir))) {
@@ -436,7 +477,7 @@ static const char * const pages_columns[] = {
 
 bool have_breakdown(void)
 {
-	return !access(BREAKDOWN_DEBUGFS "/pages", F_OK);
+	return !path_errno(BREAKDOWN_DEBUGFS "/pages", F_OK);
 }
 
 void vm_breakdown_path(struct kvm_vm *vm, const char *file, char *path,
@@ -451,7 +492,7 @@ bool vm_has_breakdown(struct kvm_vm *vm)
 	char dir[PATH_MAX];
 
 	vm_breakdown_path(vm, "", dir, sizeof(dir));
-	return !access(dir, F_OK);
+	return !path_errno(dir, F_OK);
 }
 
 void sp_bucket_name(int bucket, char *name, size_t size)
@@ -730,7 +771,7 @@ bool read_breakdown_pages(const char *dir, struct sp_breakdown *bd)
 	char path[PATH_MAX], *text;
 
 	snprintf(path, sizeof(path), "%s/pages", dir);
-	if (access(path, F_OK))
+	if (path_errno(path, F_OK))
 		return false;
 	text = malloc(BREAKDOWN_FILE_SIZE);
 	TEST_ASSERT(text, "Failed to allocate %d bytes", BREAKDOWN_FILE_SIZE);
@@ -831,8 +872,7 @@ void assert_global_breakdown(struct sp_breakdown *global)
 	unsigned int n;
 	DIR *dir;
 
-	dir = opendir(BREAKDOWN_DEBUGFS);
-	TEST_ASSERT(dir, "Failed to open " BREAKDOWN_DEBUGFS);
+	dir = opendir_or_fail(BREAKDOWN_DEBUGFS);
 	while ((dent = readdir(dir))) {
 		if (!parse_breakdown_vm_name(dent->d_name, &pid, &fd, &n))
 			continue;
