@@ -25,7 +25,8 @@
  * says, in guest mode under nested NPT; a zap takes pages from the buckets
  * they were in and counts them as zapped; a root zapped while in use stays
  * in its bucket until it is freed.  Without the module the breakdown
- * checks are skipped, with a message.
+ * checks are skipped, with a message, unless the boot loaded it
+ * (KVM_SHADOW_STATS_EXPECTED=1): then they fail, see have_breakdown().
  */
 #include <errno.h>
 #include <limits.h>

@@ -475,9 +475,25 @@ static const char * const pages_columns[] = {
 	"bytes",
 };
 
+/* Set to 1 in a boot that loaded kvm_shadow_stats.ko. */
+#define BREAKDOWN_EXPECTED_ENV	"KVM_SHADOW_STATS_EXPECTED"
+
+/*
+ * Whether kvm_shadow_stats.ko keeps its breakdown here.  Without it, the
+ * tests leave their checks of the breakdown out, except in a boot that
+ * loaded the module: there, a missing breakdown fails the test, or the
+ * boot would pass the module's configuration untested.
+ */
 bool have_breakdown(void)
 {
-	return !path_errno(BREAKDOWN_DEBUGFS "/pages", F_OK);
+	const char *expected = getenv(BREAKDOWN_EXPECTED_ENV);
+	bool required = expected && !strcmp(expected, "1");
+	int err = path_errno(BREAKDOWN_DEBUGFS "/pages", F_OK);
+
+	TEST_ASSERT(!err || !required,
+		    "No %s/pages (%s), expected kvm_shadow_stats.ko's breakdown: %s=1 says the boot loaded the module",
+		    BREAKDOWN_DEBUGFS, strerror(err), BREAKDOWN_EXPECTED_ENV);
+	return !err;
 }
 
 void vm_breakdown_path(struct kvm_vm *vm, const char *file, char *path,
