@@ -138,6 +138,81 @@ static void toggle_module(const char *path)
 		    MODULE_NAME " is still %s", was_loaded ? "loaded" : "unloaded");
 }
 
+/*
+ * What a test that loads and unloads the module found, to leave it so.
+ * The fixtures below put it back from the parent, so that a test that
+ * fails halfway leaves the module as found too.  A timeout kills the
+ * parent along with the test: in a boot that loaded the module,
+ * run-selftests then loads it again.
+ */
+struct module_state {
+	const char *path;
+	bool was_loaded;
+	/*
+	 * Another accountant that the test loads, if any: KVM refuses the
+	 * module while it is registered, so it goes first.
+	 */
+	const char *accountant;
+};
+
+/* Why a test of the module with VMs that hold shadow pages cannot run here. */
+static const char *module_test_skip_reason(void)
+{
+	const char *module = getenv(MODULE_ENV);
+
+	if (!module || access(module, R_OK))
+		return MODULE_ENV " does not name a readable " MODULE_NAME ".ko";
+	if (!have_kvm_debugfs())
+		return KVM_DEBUGFS " is missing";
+	if (kvm_is_tdp_enabled() && !have_nested_npt())
+		return BUSY_VM_SKIP_REASON;
+	return NULL;
+}
+
+/*
+ * A fixture's setup: skips the test if it cannot run here, else saves the
+ * module's state for the teardown to restore.
+ */
+static bool setup_module_test(struct __test_metadata *_metadata,
+			      struct module_state *state)
+{
+	const char *reason = module_test_skip_reason();
+
+	if (reason)
+		SKIP(return false, "%s", reason);
+	state->path = getenv(MODULE_ENV);
+	state->was_loaded = module_loaded();
+	return true;
+}
+
+static void set_module_loaded(const struct module_state *state, bool loaded)
+{
+	if (module_loaded() != loaded)
+		toggle_module(state->path);
+}
+
+static void restore_module_state(const struct module_state *state)
+{
+	if (state->accountant && __module_loaded(state->accountant))
+		unload_module(state->accountant);
+	set_module_loaded(state, state->was_loaded);
+}
+
+/* For a test that loads and unloads the module and nothing else. */
+FIXTURE(module_restored) {
+	struct module_state module;
+};
+
+FIXTURE_SETUP(module_restored)
+{
+	setup_module_test(_metadata, &self->module);
+}
+
+FIXTURE_TEARDOWN_PARENT(module_restored)
+{
+	restore_module_state(&self->module);
+}
+
 static void assert_handover_count(struct kvm_vm *vm, u64 expected, int step,
 				  const char *when)
 {
@@ -203,23 +278,16 @@ static void assert_handover_breakdown_step(struct kvm_vm *vm, int step,
 	assert_breakdown_step(before, after, &delta, what);
 }
 
-TEST(module_handover)
+TEST_F(module_restored, module_handover)
 {
-	const char *module = getenv(MODULE_ENV);
 	u64 expected[ARRAY_SIZE(handover_steps)];
 	struct kvm_vcpu *vcpu, *twin_vcpu;
 	struct sp_breakdown bd, before;
 	struct kvm_vm *vm, *twin;
-	bool was_loaded, breakdown;
 	u64 global, twin_count;
+	bool breakdown;
 	int i;
 
-	if (!module || access(module, R_OK))
-		SKIP(return, MODULE_ENV " does not name a readable " MODULE_NAME ".ko");
-	if (!have_kvm_debugfs())
-		SKIP(return, KVM_DEBUGFS " is missing");
-
-	was_loaded = module_loaded();
 	global = global_shadow_pages();
 
 	/*
@@ -229,8 +297,6 @@ TEST(module_handover)
 	 * lock-step: their agreement is what makes the counts a reference.
 	 */
 	vm = create_busy_vm(&vcpu, MANY_REGIONS);
-	if (!vm)
-		SKIP(return, BUSY_VM_SKIP_REASON);
 	twin = create_busy_vm(&twin_vcpu, MANY_REGIONS);
 	for (i = 0; i < ARRAY_SIZE(handover_steps); i++) {
 		run_handover_step(vcpu, i);
@@ -255,7 +321,7 @@ TEST(module_handover)
 		}
 		if (!handover_steps[i].then_toggle_module)
 			continue;
-		toggle_module(module);
+		toggle_module(self->module.path);
 		assert_handover_count(vm, expected[i], i,
 				      module_loaded() ? "after loading" : "after unloading");
 		breakdown = module_loaded() && have_breakdown();
@@ -268,10 +334,10 @@ TEST(module_handover)
 	}
 	kvm_vm_free(vm);
 
-	TEST_ASSERT(module_loaded() == was_loaded,
+	TEST_ASSERT(module_loaded() == self->module.was_loaded,
 		    MODULE_NAME " is %s, expected it %s as found",
 		    module_loaded() ? "loaded" : "unloaded",
-		    was_loaded ? "loaded" : "unloaded");
+		    self->module.was_loaded ? "loaded" : "unloaded");
 	TEST_ASSERT(global_shadow_pages() == global,
 		    "Global mmu_shadow_pages is %lu with the test's VMs gone, expected %lu",
 		    global_shadow_pages(), global);
@@ -384,36 +450,20 @@ static void assert_nothing_found(const struct sp_breakdown *bd, const char *what
  * VMs' buckets alike.  Unloading the module hands both counts back to KVM,
  * which goes on with them exactly.
  *
- * Building the two VMs takes minutes on a debug kernel's TCG guest: the
- * fixture is there for the timeout.
+ * Building the two VMs takes minutes on a debug kernel's TCG guest.
  */
-FIXTURE(big_vms) {};
-FIXTURE_SETUP(big_vms) {}
-FIXTURE_TEARDOWN(big_vms) {}
-
-TEST_F_TIMEOUT(big_vms, breakdown_found_at_load, 1800)
+TEST_F_TIMEOUT(module_restored, breakdown_found_at_load, 1800)
 {
-	const char *module = getenv(MODULE_ENV);
 	struct kvm_vcpu *vcpus[2], *twin_vcpus[2];
 	struct sp_breakdown bd, twin_bd, before, twin_before;
-	bool nested = kvm_is_tdp_enabled(), was_loaded;
+	bool nested = kvm_is_tdp_enabled();
 	struct kvm_vm *vm, *twin;
 	u64 count, twin_count;
 	struct sp_delta delta;
 	char what[128];
 	int root, step;
 
-	if (!module || access(module, R_OK))
-		SKIP(return, MODULE_ENV " does not name a readable " MODULE_NAME ".ko");
-	if (!have_kvm_debugfs())
-		SKIP(return, KVM_DEBUGFS " is missing");
-	if (nested && !have_nested_npt())
-		SKIP(return, BUSY_VM_SKIP_REASON);
-
-	was_loaded = module_loaded();
-	if (was_loaded)
-		unload_module(MODULE_NAME);
-
+	set_module_loaded(&self->module, false);
 	vm = create_zapped_root_vm(vcpus);
 	root = sp_bucket(shadow_root_level(vm, nested), false, nested, false);
 	for (step = 0; step < LOAD_HERE; step++)
@@ -423,14 +473,10 @@ TEST_F_TIMEOUT(big_vms, breakdown_found_at_load, 1800)
 		    "mmu_shadow_pages is %lu, expected over %d, a page per region and more",
 		    count, HUGE_NR_REGIONS);
 
-	toggle_module(module);
+	toggle_module(self->module.path);
 	TEST_ASSERT_EQ(shadow_pages(vm), count);
-	if (!have_breakdown()) {
-		kvm_vm_free(vm);
-		if (!was_loaded)
-			unload_module(MODULE_NAME);
+	if (!have_breakdown())
 		SKIP(return, MODULE_NAME ".ko keeps no breakdown in " BREAKDOWN_DEBUGFS);
-	}
 	read_breakdown_at_load(vm, &bd, "Right after loading");
 	TEST_ASSERT(bd.bucket[root].pages == 2,
 		    "Right after loading: %lu pages in the roots' bucket, expected 2, the root in use and the one zapped in use",
@@ -475,7 +521,7 @@ TEST_F_TIMEOUT(big_vms, breakdown_found_at_load, 1800)
 	}
 
 	/* KVM takes both counts back and goes on with them exactly. */
-	toggle_module(module);
+	toggle_module(self->module.path);
 	TEST_ASSERT(!vm_has_breakdown(vm) && !vm_has_breakdown(twin),
 		    "The VMs kept their breakdown with %s unloaded", MODULE_NAME);
 	for (step = ZAP_OLDEST; step < NR_ZAPPED_ROOT_STEPS; step++) {
@@ -490,59 +536,6 @@ TEST_F_TIMEOUT(big_vms, breakdown_found_at_load, 1800)
 
 	kvm_vm_free(twin);
 	kvm_vm_free(vm);
-	if (was_loaded)
-		toggle_module(module);
-}
-
-/*
- * What a test that loads and unloads the module found, to leave it so.
- * The fixtures below put it back from the parent, so that a test that
- * fails or times out halfway leaves the module as found too.
- */
-struct module_state {
-	const char *path;
-	bool was_loaded;
-};
-
-/* Why a test of the module with VMs that hold shadow pages cannot run here. */
-static const char *module_test_skip_reason(void)
-{
-	const char *module = getenv(MODULE_ENV);
-
-	if (!module || access(module, R_OK))
-		return MODULE_ENV " does not name a readable " MODULE_NAME ".ko";
-	if (!have_kvm_debugfs())
-		return KVM_DEBUGFS " is missing";
-	if (kvm_is_tdp_enabled() && !have_nested_npt())
-		return BUSY_VM_SKIP_REASON;
-	return NULL;
-}
-
-/*
- * A fixture's setup: skips the test if it cannot run here, else saves the
- * module's state for the teardown to restore.
- */
-static bool setup_module_test(struct __test_metadata *_metadata,
-			      struct module_state *state)
-{
-	const char *reason = module_test_skip_reason();
-
-	if (reason)
-		SKIP(return false, "%s", reason);
-	state->path = getenv(MODULE_ENV);
-	state->was_loaded = module_loaded();
-	return true;
-}
-
-static void set_module_loaded(const struct module_state *state, bool loaded)
-{
-	if (module_loaded() != loaded)
-		toggle_module(state->path);
-}
-
-static void restore_module_state(const struct module_state *state)
-{
-	set_module_loaded(state, state->was_loaded);
 }
 
 /* Far above the fds a test opens otherwise, far below RLIMIT_NOFILE. */
@@ -903,20 +896,6 @@ static void settle_churn_vm(struct kvm_vcpu *vcpu)
 	touch_regions(vcpu, CHURN_REGIONS);
 }
 
-FIXTURE(module_restored) {
-	struct module_state module;
-};
-
-FIXTURE_SETUP(module_restored)
-{
-	setup_module_test(_metadata, &self->module);
-}
-
-FIXTURE_TEARDOWN_PARENT(module_restored)
-{
-	restore_module_state(&self->module);
-}
-
 /*
  * The module loads while a vCPU faults and zaps shadow pages in a VM of
  * thousands, as the walk that attaches the VM drops mmu_lock between its
@@ -1075,12 +1054,6 @@ static void assert_zap_and_regrow(struct kvm_vcpu *vcpu, const u64 expected[2],
 		    nth, when, counts[0], counts[1], expected[0], expected[1]);
 }
 
-/*
- * With one accountant registered, loading another fails with EBUSY and the
- * first goes on counting exactly: a zap and regrow gives the counts it gave
- * before the attempt.  Tried both ways, the Rust module first and the C
- * sample first; leaves the Rust module as it found it.
- */
 /* test_kvm_mmu_accountant.ko, found next to kvm_shadow_stats.ko. */
 #define BUGGY_NAME		"test_kvm_mmu_accountant"
 #define STRAY_WRITE_PARAM	"/sys/module/" BUGGY_NAME "/parameters/stray_write"
@@ -1099,6 +1072,7 @@ FIXTURE_SETUP(stray)
 
 	if (!setup_module_test(_metadata, &self->module))
 		return;
+	self->module.accountant = BUGGY_NAME;
 	snprintf(self->buggy, sizeof(self->buggy), "%.*s/" BUGGY_NAME ".ko",
 		 (int)(strrchr(module, '/') - module), module);
 	if (access(self->buggy, R_OK))
@@ -1107,8 +1081,6 @@ FIXTURE_SETUP(stray)
 
 FIXTURE_TEARDOWN_PARENT(stray)
 {
-	if (__module_loaded(BUGGY_NAME))
-		unload_module(BUGGY_NAME);
 	restore_module_state(&self->module);
 }
 
@@ -1171,9 +1143,15 @@ TEST_F_TIMEOUT(stray, stray_write, 600)
 	kvm_vm_free(vm);
 }
 
-TEST(second_accountant_busy)
+/*
+ * With one accountant registered, loading another fails with EBUSY and the
+ * first goes on counting exactly: a zap and regrow gives the counts it gave
+ * before the attempt.  Tried both ways, the Rust module first and the C
+ * sample first.
+ */
+TEST_F(module_restored, second_accountant_busy)
 {
-	const char *module = getenv(MODULE_ENV), *sample = getenv(SAMPLE_ENV);
+	const char *module = self->module.path, *sample = getenv(SAMPLE_ENV);
 	const struct {
 		const char *first_name, *first, *second;
 	} orders[] = {
@@ -1183,18 +1161,14 @@ TEST(second_accountant_busy)
 	u64 expected[2], counts[2];
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
-	bool was_loaded;
 	int i, err;
 
-	if (!module || access(module, R_OK) || !sample || access(sample, R_OK))
-		SKIP(return, MODULE_ENV " and " SAMPLE_ENV " do not name readable modules");
+	if (!sample || access(sample, R_OK))
+		SKIP(return, SAMPLE_ENV " does not name a readable " SAMPLE_NAME ".ko");
+	self->module.accountant = SAMPLE_NAME;
 
 	vm = create_busy_vm(&vcpu, MANY_REGIONS);
-	if (!vm)
-		SKIP(return, BUSY_VM_SKIP_REASON);
-	was_loaded = module_loaded();
-	if (was_loaded)
-		unload_module(MODULE_NAME);
+	set_module_loaded(&self->module, false);
 	touch_regions(vcpu, MANY_REGIONS);
 	zap_and_regrow(vcpu, expected);
 
@@ -1215,8 +1189,6 @@ TEST(second_accountant_busy)
 		unload_module(orders[i].first_name);
 	}
 
-	if (was_loaded)
-		toggle_module(module);
 	kvm_vm_free(vm);
 }
 
@@ -1394,19 +1366,17 @@ static bool faulted_load(struct fault_sweep *sweep, unsigned int nth)
 }
 
 FIXTURE(module_load_faults) {
+	struct module_state module;
 	char saved[ARRAY_SIZE(fault_attrs)][16];
 	int nr_changed;
 };
 
 FIXTURE_SETUP(module_load_faults)
 {
-	const char *module = getenv(MODULE_ENV);
 	int i;
 
-	if (!module || access(module, R_OK))
-		SKIP(return, MODULE_ENV " does not name a readable " MODULE_NAME ".ko");
-	if (!have_kvm_debugfs())
-		SKIP(return, KVM_DEBUGFS " is missing");
+	if (!setup_module_test(_metadata, &self->module))
+		return;
 	if (access(FAULT_DEBUGFS "/failslab", F_OK) ||
 	    access(FAULT_DEBUGFS "/fail_page_alloc", F_OK))
 		SKIP(return,
@@ -1420,11 +1390,16 @@ FIXTURE_SETUP(module_load_faults)
 	}
 }
 
-/* In the parent, so that a test that died halfway changes nothing either. */
+/*
+ * In the parent, so that a test that died halfway changes nothing either.
+ * The module first, which every test after this one depends on, and which
+ * no fault is injected into: fail-nth is the test's, and gone with it.
+ */
 FIXTURE_TEARDOWN_PARENT(module_load_faults)
 {
 	int i;
 
+	restore_module_state(&self->module);
 	for (i = 0; i < self->nr_changed; i++)
 		write_file(fault_attrs[i].file, self->saved[i]);
 }
@@ -1432,21 +1407,16 @@ FIXTURE_TEARDOWN_PARENT(module_load_faults)
 /* A debug kernel's TCG guest takes about a second per load and check. */
 TEST_F_TIMEOUT(module_load_faults, every_allocation, 3600)
 {
-	struct fault_sweep sweep = { .module = getenv(MODULE_ENV) };
+	struct fault_sweep sweep = { .module = self->module.path };
 	unsigned int nth;
 	u64 again[2];
 	struct kvm_vm *vm;
-	bool was_loaded;
 
 	/* A failing debugfs allocation may leave a breakdown file out. */
 	skip_breakdown_on_count_reads();
 	vm = create_busy_vm(&sweep.vcpu, MANY_REGIONS);
-	if (!vm)
-		SKIP(return, BUSY_VM_SKIP_REASON);
 	/* The sweep loads the module itself, from KVM's own accounting. */
-	was_loaded = module_loaded();
-	if (was_loaded)
-		unload_module(MODULE_NAME);
+	set_module_loaded(&self->module, false);
 
 	/*
 	 * KVM's C keeps the reference count: the second zap and regrow must
@@ -1499,8 +1469,6 @@ TEST_F_TIMEOUT(module_load_faults, every_allocation, 3600)
 	close(sweep.module_fd);
 	close(sweep.fail_nth_fd);
 	kvm_vm_free(vm);
-	if (was_loaded)
-		toggle_module(sweep.module);
 }
 
 TEST_HARNESS_MAIN
