@@ -8,7 +8,8 @@
 //! the shadow pages by role (Documentation/shadow-page-breakdown.rst) after each step: exact
 //! buckets where the test knows its pages, events that explain every change, files that add
 //! up. Those checks are a test of their own, reported after the scenario's and skipped, with
-//! the reason, while the module is not loaded.
+//! the reason, while the module is not loaded; in a boot that loaded it
+//! (`KVM_SHADOW_STATS_EXPECTED=1`), they fail instead.
 //!
 //! Prints kselftest-style TAP and exits 0 if nothing failed, 1 if something did, 4 if every
 //! scenario was skipped.
@@ -57,6 +58,9 @@ const MODULE_NAME: &str = "kvm_shadow_stats";
 /// The environment variable that names the module's file.
 const MODULE_ENV: &str = "KVM_SHADOW_STATS_MODULE";
 
+/// The environment variable set to 1 in a boot that loaded the module.
+const EXPECTED_ENV: &str = "KVM_SHADOW_STATS_EXPECTED";
+
 /// Why a scenario did not pass.
 #[derive(Debug)]
 enum NotPassed {
@@ -97,11 +101,20 @@ struct BreakdownChecks {
 }
 
 impl BreakdownChecks {
-    fn new(files: ShadowStatsDebugfs) -> Self {
+    /// The checks of a scenario about to run. In a boot that loaded the module (`expected`), they
+    /// have failed already if its files are missing: skipped, they would pass the module's
+    /// configuration untested.
+    fn new(files: ShadowStatsDebugfs, expected: bool) -> Self {
+        let failure = (expected && !files.is_present()).then(|| {
+            format!(
+                "no {}, though {EXPECTED_ENV}=1 says the boot loaded {MODULE_NAME}",
+                files.root().display()
+            )
+        });
         Self {
             files,
             made: 0,
-            failure: None,
+            failure,
         }
     }
 
@@ -127,8 +140,8 @@ impl BreakdownChecks {
     /// How the checks went, given how the scenario went.
     fn outcome(&self, scenario: &Outcome) -> Outcome {
         match (scenario, &self.failure) {
-            (Outcome::Skip(reason), _) => Outcome::Skip(reason.clone()),
             (_, Some(reason)) => Outcome::Fail(reason.clone()),
+            (Outcome::Skip(reason), None) => Outcome::Skip(reason.clone()),
             _ if self.made == 0 => Outcome::Skip(format!(
                 "{MODULE_NAME} is not loaded, so there is no breakdown to check"
             )),
@@ -1186,6 +1199,7 @@ const SCENARIOS: &[(&str, &str, Scenario)] = &[
 
 fn run_scenarios(out: impl io::Write) -> io::Result<u8> {
     let mut tap = TapWriter::new(out, 2 * SCENARIOS.len())?;
+    let module_expected = std::env::var_os(EXPECTED_ENV).is_some_and(|value| value == "1");
     let host = Host::probe();
     if let Ok(host) = &host {
         tap.diagnostic(match &host.paging {
@@ -1196,7 +1210,7 @@ fn run_scenarios(out: impl io::Write) -> io::Result<u8> {
     for (name, breakdown_name, scenario) in SCENARIOS {
         let mut record = Record {
             notes: Vec::new(),
-            breakdown: BreakdownChecks::new(ShadowStatsDebugfs::default()),
+            breakdown: BreakdownChecks::new(ShadowStatsDebugfs::default(), module_expected),
         };
         let outcome = match &host {
             Err(reason) => Outcome::Skip(reason.clone()),
@@ -1223,5 +1237,41 @@ fn main() -> ExitCode {
             eprintln!("shadow_mmu_stats: writing the TAP report: {error}");
             ExitCode::from(EXIT_FAIL)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks(root: &str, expected: bool) -> BreakdownChecks {
+        BreakdownChecks::new(ShadowStatsDebugfs::at(root), expected)
+    }
+
+    #[test]
+    fn a_missing_module_fails_where_the_boot_loaded_it() {
+        let missing = "/nonexistent/kvm_shadow_stats";
+        for scenario in [
+            Outcome::Pass,
+            Outcome::Skip("needs the shadow MMU".into()),
+            Outcome::Fail("off by one".into()),
+        ] {
+            match checks(missing, true).outcome(&scenario) {
+                Outcome::Fail(reason) => assert!(reason.contains(missing), "{reason}"),
+                outcome => panic!("{scenario:?}: {outcome:?}, expected a failure"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_module_skips_elsewhere() {
+        let outcome = checks("/nonexistent/kvm_shadow_stats", false).outcome(&Outcome::Pass);
+        assert!(matches!(outcome, Outcome::Skip(_)), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_present_module_leaves_the_outcome_to_the_checks() {
+        let skip = Outcome::Skip("needs the shadow MMU".into());
+        assert_eq!(checks(".", true).outcome(&skip), skip);
     }
 }
