@@ -936,11 +936,13 @@ fn run_step(vm: &mut ObservedVm, step: Step) -> ScenarioResult {
     Ok(())
 }
 
-/// Unloads the module for a scenario and, whatever becomes of the scenario, puts it back as it
-/// was found, so that the scenarios after it run as configured.
+/// Unloads the module for a scenario and puts it back as it was found, so that the scenarios
+/// after it run as configured: [`Self::restore`] at the scenario's end, whose failure fails the
+/// scenario, or `Drop` on the way out of a panic.
 struct ModuleRestorer<'a> {
     path: &'a std::path::Path,
     was_loaded: bool,
+    restored: bool,
 }
 
 impl<'a> ModuleRestorer<'a> {
@@ -949,20 +951,41 @@ impl<'a> ModuleRestorer<'a> {
         if was_loaded {
             module::unload(MODULE_NAME)?;
         }
-        Ok(Self { path, was_loaded })
+        Ok(Self {
+            path,
+            was_loaded,
+            restored: false,
+        })
     }
-}
 
-impl Drop for ModuleRestorer<'_> {
-    fn drop(&mut self) {
-        let restored = match (self.was_loaded, module::is_loaded(MODULE_NAME)) {
+    fn put_back(&self) -> Result<(), String> {
+        match (self.was_loaded, module::is_loaded(MODULE_NAME)) {
             (true, false) => module::load(self.path),
             (false, true) => module::unload(MODULE_NAME),
             _ => Ok(()),
-        };
-        // Nothing to return it to: say it, as the next scenarios run differently.
-        if let Err(error) = restored {
-            eprintln!("shadow_mmu_stats: cannot put {MODULE_NAME} back as it was: {error}");
+        }
+        .map_err(|error| format!("cannot put {MODULE_NAME} back as it was: {error}"))
+    }
+
+    /// Puts the module back as it was found, or says why it could not.
+    fn restore(mut self) -> Result<(), String> {
+        self.restored = true;
+        self.put_back()
+    }
+}
+
+/// Only a panic gets past [`ModuleRestorer::restore`]. No scenario is left then to fail, and a
+/// panic need not end the program (one may be caught), so a module that cannot be put back ends
+/// it here, with a failure, rather than leave the scenarios after it to run in another
+/// configuration than the boot's.
+impl Drop for ModuleRestorer<'_> {
+    fn drop(&mut self) {
+        if self.restored {
+            return;
+        }
+        if let Err(reason) = self.put_back() {
+            eprintln!("shadow_mmu_stats: {reason}");
+            std::process::exit(EXIT_FAIL.into());
         }
     }
 }
@@ -1048,7 +1071,8 @@ fn check_adopted(
 /// The module takes the accounting over and hands it back while two VMs hold shadow pages, and
 /// after every step both count exactly what a VM counted with KVM alone in charge; right
 /// after each load, and after each step while loaded, both hold the pages by role that a twin
-/// under the module all along holds.
+/// under the module all along holds. Whatever the outcome, the module is put back as it was
+/// found, and the scenario fails if it cannot be.
 fn handover(host: &Host, record: &mut Record) -> ScenarioResult {
     host.require(Paging::Shadow)?;
     let Some(path) = std::env::var_os(MODULE_ENV).map(std::path::PathBuf::from) else {
@@ -1056,7 +1080,19 @@ fn handover(host: &Host, record: &mut Record) -> ScenarioResult {
             "{MODULE_ENV} does not name {MODULE_NAME}.ko"
         )));
     };
-    let _restore = ModuleRestorer::new(&path)?;
+    let restorer = ModuleRestorer::new(&path)?;
+    let handed_over = run_handover(host, record, &path);
+    match (handed_over, restorer.restore()) {
+        (result, Ok(())) => result,
+        (Err(NotPassed::Fail(reason)), Err(unrestored)) => {
+            Err(NotPassed::Fail(format!("{reason}; then {unrestored}")))
+        }
+        (_, Err(unrestored)) => Err(NotPassed::Fail(unrestored)),
+    }
+}
+
+/// [`handover`] with the module unloaded at the start and after an even number of toggles.
+fn run_handover(host: &Host, record: &mut Record, path: &std::path::Path) -> ScenarioResult {
     let checks = &mut record.breakdown;
 
     // Two identical VMs in lock-step: their agreement is what makes the counts a reference.
@@ -1080,9 +1116,9 @@ fn handover(host: &Host, record: &mut Record) -> ScenarioResult {
     }
     drop(references);
 
-    toggle_module(&path)?;
+    toggle_module(path)?;
     let twins = handover_twins(host, checks, &expected)?;
-    toggle_module(&path)?;
+    toggle_module(path)?;
 
     let mut vms = [
         ObservedVm::new(host, TouchMapping::Small, HANDOVER_TOUCHES)?,
@@ -1092,7 +1128,7 @@ fn handover(host: &Host, record: &mut Record) -> ScenarioResult {
     for (i, ((&step, &want), twin)) in HANDOVER_STEPS.iter().zip(&expected).zip(&twins).enumerate()
     {
         if step == Step::ToggleModule {
-            toggle_module(&path)?;
+            toggle_module(path)?;
             for vm in &vms {
                 vm.module_changed();
             }
