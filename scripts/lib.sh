@@ -53,11 +53,17 @@ else
 fi
 
 # What in a kernel log is a failure: oopses, BUGs, WARNs, KASAN, lockdep and
-# kmemleak findings, and KVM's report that one of this project's accountants
-# got the stat wrong or was left registered by its module (the broken ones of
-# accountant_repair_test provoke such reports on purpose).
+# kmemleak findings, RCU stalls ("rcu: INFO: rcu_preempt detected stalls on
+# CPUs/tasks:", "... self-detected stall on CPU", expedited ones and those of
+# RCU tasks), hung tasks ("INFO: task NAME:PID blocked for more than N
+# seconds.", or "blocked in I/O wait"), and KVM's report that one of this
+# project's accountants got the stat wrong or was left registered by its
+# module (the broken ones of accountant_repair_test provoke such reports on
+# purpose).
 KERNEL_REPORT_RE='(------------\[ cut here \]|WARNING: |BUG: |Oops|Kernel panic|KASAN|UBSAN|'\
 'circular locking|recursive locking|inconsistent lock state|suspicious RCU usage|'\
 'unreferenced object|sleeping function called from invalid context|list_(add|del) corruption|'\
+'INFO: rcu_[a-z_]+ (self-)?detected (expedited )?stalls?|'\
+'INFO: task .+ blocked( in I/O wait)? for more than [0-9]+ seconds|'\
 '(kvm_shadow_stats|kvm_mmu_accountant_sample)(: shadow page accountant still registered| left mmu_shadow_pages))'
 export KERNEL_REPORT_RE
