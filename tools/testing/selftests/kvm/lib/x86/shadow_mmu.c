@@ -291,8 +291,9 @@ void skip_breakdown_on_count_reads(void)
 }
 
 /*
- * The VM's count; with kvm_shadow_stats.ko loaded, only once its breakdown
- * and the one of all VMs add up to the counts, see read_vm_breakdown().
+ * The VM's count; with kvm_shadow_stats.ko loaded, only once the VM has its
+ * breakdown, which the module gives every VM, and it and the one of all VMs
+ * add up to the counts, see read_vm_breakdown().
  */
 u64 shadow_pages(struct kvm_vm *vm)
 {
@@ -301,8 +302,13 @@ u64 shadow_pages(struct kvm_vm *vm)
 
 	assert_no_accountant_report();
 	count = __shadow_pages(vm);
-	if (!count_reads_skip_breakdown && read_vm_breakdown(vm, &bd))
-		assert_global_breakdown(NULL);
+	if (count_reads_skip_breakdown ||
+	    path_errno(BREAKDOWN_DEBUGFS "/pages", F_OK))
+		return count;
+	TEST_ASSERT(read_vm_breakdown(vm, &bd),
+		    "%s/pages exists, but VM %d-%d has no breakdown",
+		    BREAKDOWN_DEBUGFS, getpid(), vm->fd);
+	assert_global_breakdown(NULL);
 	return count;
 }
 
