@@ -36,6 +36,7 @@
 #include "kvm_util.h"
 #include "processor.h"
 #include "shadow_mmu.h"
+#include "smm.h"
 #include "kselftest_harness.h"
 
 /*
@@ -329,6 +330,148 @@ TEST(limit_and_memslot_zap)
 		TEST_ASSERT(bd.peak == full,
 			    "Peak is %lu after the rerun, expected %lu, the first pass's count",
 			    bd.peak, full);
+	}
+
+	kvm_vm_free(vm);
+}
+
+/*
+ * SMRAM where the test's memslots leave room for it, below TEST_GPA and
+ * in the same 4GiB that SMM's real-address mode reaches.
+ */
+#define SMM_SMRAM_GPA		(TEST_GPA - SMRAM_SIZE)
+/* The test memslot, mirrored into the SMM address space (SMRAM is slot 1). */
+#define SMM_TEST_SLOT		((1 << 16) | (TEST_SLOT + 1))
+#define SMM_SYNC_PORT		0xe
+/* The first 2MiB of SMRAM, then one per region, each in a direct table. */
+#define SMM_LEAF_PAGES		(1 + NR_REGIONS)
+/* Paging off, KVM maps with PAE roots: one per GiB of the 4GiB. */
+#define SMM_ROOT_PAGES		4
+
+/*
+ * The SMI handler, run from SMBASE + 0x8000 in SMM's real-address mode,
+ * whose segments reach 4GiB: it writes the first byte of each region
+ * through the SMM address space, tells the host on SMM_SYNC_PORT, and
+ * returns.  The immediates are fields of their own, little-endian as the
+ * instructions take them.
+ */
+static const struct __packed {
+	u8 mov_cx;			/* mov $nr_regions, %cx */
+	u16 nr_regions;
+	u8 mov_ebx[2];			/* mov $gpa, %ebx */
+	u32 gpa;
+	u8 touch_add_ebx[6];		/* 1: mov %al, (%ebx); add $size, %ebx */
+	u32 region_size;
+	u8 loop_sync_rsm[6];		/* loop 1b; in $SMM_SYNC_PORT, %al; rsm */
+} smi_touch_handler = {
+	.mov_cx = 0xb9,
+	.nr_regions = NR_REGIONS,
+	.mov_ebx = { 0x66, 0xbb },
+	.gpa = TEST_GPA,
+	.touch_add_ebx = { 0x67, 0x88, 0x03, 0x66, 0x81, 0xc3 },
+	.region_size = REGION_SIZE,
+	.loop_sync_rsm = { 0xe2, 0xf4, 0xe4, SMM_SYNC_PORT, 0x0f, 0xaa },
+};
+
+static bool vcpu_in_smm(struct kvm_vcpu *vcpu)
+{
+	struct kvm_vcpu_events events;
+
+	vcpu_events_get(vcpu, &events);
+	return events.smi.smm;
+}
+
+/*
+ * SMM has pages of its own, smm=1 in their role: with paging off in SMM,
+ * KVM maps SMRAM and whatever the handler touches with direct pages under
+ * four PAE roots, apart from the pages of the interrupted 64-bit guest,
+ * which SMM leaves as they are.  A memslot deletion zaps them all with
+ * the others; none of them is a root in use once the vCPU left SMM.
+ */
+TEST(smm_shadow_pages)
+{
+	/* A PAE root is a page directory. */
+	int smm_root = sp_bucket(PG_LEVEL_2M, true, false, true);
+	int smm_leaf = sp_bucket(PG_LEVEL_4K, true, false, true);
+	struct sp_breakdown before, in_smm, after;
+	struct sp_delta delta;
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+	u64 count, smm_count;
+	bool breakdown;
+	int root, b;
+
+	if (!kvm_has_cap(KVM_CAP_X86_SMM))
+		SKIP(return, "KVM_CAP_X86_SMM is unavailable");
+	if (kvm_is_tdp_enabled() && get_kvm_param_bool("tdp_mmu"))
+		SKIP(return, "TDP is on: SMM runs on TDP MMU pages, never shadow pages");
+
+	vm = create_touch_vm(&vcpu, NR_REGIONS, MAP_4K);
+	setup_smram(vm, vcpu, SMM_SMRAM_GPA, &smi_touch_handler,
+		    sizeof(smi_touch_handler));
+	vm_set_user_memory_region(vm, SMM_TEST_SLOT, 0, TEST_GPA,
+				  NR_REGIONS * REGION_SIZE,
+				  addr_gpa2hva(vm, TEST_GPA));
+	root = sp_bucket(shadow_root_level(vm, false), false, false, false);
+
+	touch_regions(vcpu, NR_REGIONS);
+	count = shadow_pages(vm);
+	breakdown = vm_breakdown(vm, &before);
+
+	vcpu_ioctl(vcpu, KVM_SMI, NULL);
+	vcpu_run(vcpu);
+	TEST_ASSERT(vcpu->run->exit_reason == KVM_EXIT_IO &&
+		    vcpu->run->io.port == SMM_SYNC_PORT,
+		    "Exit %s, port 0x%x, expected the SMI handler's IO on port 0x%x",
+		    exit_reason_str(vcpu->run->exit_reason), vcpu->run->io.port,
+		    SMM_SYNC_PORT);
+	TEST_ASSERT(vcpu_in_smm(vcpu), "The SMI handler ran outside SMM");
+	smm_count = shadow_pages(vm);
+	TEST_ASSERT(smm_count == count + SMM_ROOT_PAGES + SMM_LEAF_PAGES,
+		    "mmu_shadow_pages is %lu in SMM, expected %lu: %lu before, %d PAE roots and %d direct tables",
+		    smm_count, count + SMM_ROOT_PAGES + SMM_LEAF_PAGES, count,
+		    SMM_ROOT_PAGES, SMM_LEAF_PAGES);
+	if (breakdown) {
+		vm_breakdown(vm, &in_smm);
+		expect_growth(&delta, smm_root, SMM_ROOT_PAGES);
+		delta.pages[smm_leaf] = SMM_LEAF_PAGES;
+		delta.allocated[smm_leaf] = SMM_LEAF_PAGES;
+		assert_breakdown_step(&before, &in_smm, &delta,
+				      "The SMI handler touching every region");
+	}
+
+	/* RSM back to the guest, which touches its regions again. */
+	touch_regions(vcpu, NR_REGIONS);
+	TEST_ASSERT(!vcpu_in_smm(vcpu), "The vCPU is still in SMM after RSM");
+	count = shadow_pages(vm);
+	TEST_ASSERT(count == smm_count,
+		    "mmu_shadow_pages is %lu after RSM and a pass, expected %lu as in SMM",
+		    count, smm_count);
+	if (breakdown) {
+		vm_breakdown(vm, &after);
+		delta = (struct sp_delta) {};
+		assert_breakdown_step(&in_smm, &after, &delta,
+				      "RSM and a pass over the regions");
+	}
+
+	/* Every page goes, SMM's too, but the 64-bit guest's root in use. */
+	vm_set_user_memory_region(vm, SMM_TEST_SLOT, 0, TEST_GPA, 0, NULL);
+	count = shadow_pages(vm);
+	TEST_ASSERT(count == 1,
+		    "mmu_shadow_pages is %lu after deleting SMM's memslot, expected 1, the vCPU's root",
+		    count);
+	if (breakdown) {
+		before = after;
+		vm_breakdown(vm, &after);
+		delta = (struct sp_delta) {};
+		for (b = 0; b < NR_SP_BUCKETS; b++) {
+			if (b == root)
+				continue;
+			delta.pages[b] = -before.bucket[b].pages;
+			delta.zapped[b] = before.bucket[b].pages;
+		}
+		assert_breakdown_step(&before, &after, &delta,
+				      "Deleting SMM's memslot");
 	}
 
 	kvm_vm_free(vm);
