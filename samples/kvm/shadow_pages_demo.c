@@ -6,9 +6,13 @@
  * The guest writes to one address in each of a growing number of 2MiB
  * regions.  Each region has its own guest page table, which KVM must shadow
  * with a shadow page of its own when it runs on the shadow MMU
- * (kvm_amd.npt=0 or kvm_intel.ept=0).  The host then squeezes the VM with
- * KVM_SET_NR_MMU_PAGES, which zaps shadow pages and keeps zapping while the
- * guest goes on touching all the regions, and finally destroys the VM.
+ * (kvm_amd.npt=0 or kvm_intel.ept=0).  On the TDP MMU, where only nested
+ * guests have shadow pages, an L1 runs the same guest as its L2 under
+ * nested NPT, every region in L2 memory of its own that L1's NPT maps with
+ * a table per region, which KVM shadows one each.  The host then squeezes
+ * the VM with KVM_SET_NR_MMU_PAGES, which zaps shadow pages and keeps
+ * zapping while the guest goes on touching all the regions (nested, once
+ * the limit is lifted again, see demo()), and finally destroys the VM.
  * After each step the stat is printed as read from the VM's binary stats fd,
  * the VM's debugfs file and the global debugfs file; with kvm_shadow_stats.ko
  * loaded, its breakdown of the VM's pages follows the table.
@@ -47,8 +51,11 @@
 
 #include "kvm_util.h"
 #include "processor.h"
+#include "svm_util.h"
 
 #define DEMO_GVA		0x40000000UL
+/* Where L2's regions are under nested NPT, past any memslot. */
+#define DEMO_L2_GPA		BIT_ULL(36)
 /* Where the data page is, unless memslot 0 reaches that far (create_vm()). */
 #define DEMO_DATA_GPA		0x10000000UL
 #define DEMO_DATA_SLOT		1
@@ -71,6 +78,8 @@ static u64 nr_regions;
 static u64 root_a, root_b;
 /* The guest physical address of the data page. */
 static u64 data_gpa = DEMO_DATA_GPA;
+/* Whether the guest runs as L2 under nested NPT, see create_vm(). */
+static bool nested;
 
 static void guest_code(void)
 {
@@ -115,6 +124,14 @@ static void show(struct kvm_vm *vm, const char *step)
  * shadow pages are, their memory, the peak and the churn.  Read into @buf,
  * to be shown after the table; empty without the module.
  */
+/* L1 runs guest_code() as its L2, which neither calls L1 nor exits to it. */
+static void l1_guest_code(struct svm_test_data *svm)
+{
+	generic_svm_setup(svm, guest_code);
+	run_guest(svm->vmcb, svm->vmcb_gpa);
+	GUEST_FAIL("L2 exited to L1, exit code 0x%lx", svm->vmcb->control.exit_code);
+}
+
 static void read_breakdown(struct kvm_vm *vm, char *buf, size_t size)
 {
 	static const char * const files[] = { "pages", "totals" };
@@ -161,13 +178,22 @@ static struct kvm_vm *create_vm(struct kvm_vcpu **vcpu, u64 regions)
 {
 	struct kvm_userspace_memory_region2 *slot0;
 	struct kvm_vm *vm;
+	gva_t svm_gva;
 	u64 i, end;
 
 	/*
 	 * The library sizes the room for guest page tables by the memory a
-	 * test says it will map; one page table maps 2MiB of 4KiB pages.
+	 * test says it will map; one page table maps 2MiB of 4KiB pages, and
+	 * nested, one NPT table as much again.
 	 */
-	vm = __vm_create_with_one_vcpu(vcpu, regions * (SZ_2M / PAGE_SIZE), guest_code);
+	nested = kvm_is_tdp_enabled() && kvm_cpu_has(X86_FEATURE_SVM) && kvm_cpu_has_npt();
+	vm = __vm_create_with_one_vcpu(vcpu, (nested ? 2 : 1) * regions * (SZ_2M / PAGE_SIZE),
+				       nested ? (void *)l1_guest_code : guest_code);
+	if (nested) {
+		vm_enable_tdp(vm);
+		vcpu_alloc_svm(vm, &svm_gva);
+		vcpu_args_set(*vcpu, 1, svm_gva);
+	}
 	/*
 	 * Every region maps the same data page, in a memslot of its own so
 	 * that deleting it zaps shadow pages without touching the page tables.
@@ -179,7 +205,17 @@ static struct kvm_vm *create_vm(struct kvm_vcpu **vcpu, u64 regions)
 	data_gpa = end > DEMO_DATA_GPA ? (end + SZ_2M - 1) & ~(SZ_2M - 1UL) : DEMO_DATA_GPA;
 	vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, data_gpa, DEMO_DATA_SLOT, 1, 0);
 	for (i = 0; i < regions; i++)
-		virt_pg_map(vm, DEMO_GVA + i * SZ_2M, data_gpa);
+		virt_pg_map(vm, DEMO_GVA + i * SZ_2M,
+			    nested ? DEMO_L2_GPA + i * SZ_2M : data_gpa);
+	if (nested) {
+		/*
+		 * L2 runs on L1's page tables, all of them built by now, in
+		 * L1's memory, but for its regions.
+		 */
+		tdp_identity_map_default_memslots(vm);
+		for (i = 0; i < regions; i++)
+			tdp_map(vm, DEMO_L2_GPA + i * SZ_2M, data_gpa, PAGE_SIZE);
+	}
 	set_mmu_pages(vm, DEMO_MMU_PAGES(regions));
 	return vm;
 }
@@ -203,8 +239,21 @@ static void demo(void)
 	}
 	set_mmu_pages(vm, DEMO_MIN_MMU_PAGES);
 	show(vm, "KVM_SET_NR_MMU_PAGES 64");
-	run_pass(vm, vcpu, DEMO_MAX_REGIONS);
-	show(vm, "guest touched 256 regions under that limit");
+	/*
+	 * Nested, the squeeze zaps the shadows of L1's NPT tables with all
+	 * that is below them, and KVM takes the few pages left as the limit
+	 * (kvm_mmu_change_mmu_pages()): no room for L2 to fault in, KVM_RUN
+	 * would fail with ENOSPC, until the limit is lifted.
+	 */
+	if (nested) {
+		set_mmu_pages(vm, DEMO_MMU_PAGES(DEMO_MAX_REGIONS));
+		show(vm, "KVM_SET_NR_MMU_PAGES 1024");
+		run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+		show(vm, "guest touched 256 regions again");
+	} else {
+		run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+		show(vm, "guest touched 256 regions under that limit");
+	}
 	read_breakdown(vm, breakdown, sizeof(breakdown));
 	kvm_vm_free(vm);
 	printf("%-44s %12s %12s %12lu\n", "VM destroyed", "-", "-", read_debugfs_stat("."));
