@@ -343,7 +343,7 @@ TEST(limit_and_memslot_zap)
 /* The test memslot, mirrored into the SMM address space (SMRAM is slot 1). */
 #define SMM_TEST_SLOT		((1 << 16) | (TEST_SLOT + 1))
 #define SMM_SYNC_PORT		0xe
-/* The first 2MiB of SMRAM, then one per region, each in a direct table. */
+/* The 2MiB holding SMRAM, then one per region, each in a direct table. */
 #define SMM_LEAF_PAGES		(1 + NR_REGIONS)
 /* Paging off, KVM maps with PAE roots: one per GiB of the 4GiB. */
 #define SMM_ROOT_PAGES		4
@@ -403,8 +403,15 @@ TEST(smm_shadow_pages)
 
 	if (!kvm_has_cap(KVM_CAP_X86_SMM))
 		SKIP(return, "KVM_CAP_X86_SMM is unavailable");
-	if (kvm_is_tdp_enabled() && get_kvm_param_bool("tdp_mmu"))
-		SKIP(return, "TDP is on: SMM runs on TDP MMU pages, never shadow pages");
+	if (kvm_is_tdp_enabled())
+		SKIP(return, "TDP is on: SMM runs on TDP pages, not on PAE roots");
+	/*
+	 * Without EPT, VMX has no unrestricted guest: it emulates SMM's real
+	 * mode, whose 4GiB segments it cannot run, and the emulator writes
+	 * guest memory without a fault, hence without a shadow page.
+	 */
+	if (host_cpu_is_intel)
+		SKIP(return, "VMX emulates SMM's real mode: its writes build no shadow page");
 
 	vm = create_touch_vm(&vcpu, NR_REGIONS, MAP_4K);
 	setup_smram(vm, vcpu, SMM_SMRAM_GPA, &smi_touch_handler,
