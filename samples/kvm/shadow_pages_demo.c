@@ -11,8 +11,8 @@
  * nested NPT, every region in L2 memory of its own that L1's NPT maps with
  * a table per region, which KVM shadows one each.  The host then squeezes
  * the VM with KVM_SET_NR_MMU_PAGES, which zaps shadow pages and keeps
- * zapping while the guest goes on touching all the regions (nested, once
- * the limit is lifted again, see demo()), and finally destroys the VM.
+ * zapping while the guest goes on touching all the regions (nested, the
+ * limit is lifted first, see demo()), and finally destroys the VM.
  * After each step the stat is printed as read from the VM's binary stats fd,
  * the VM's debugfs file and the global debugfs file; with kvm_shadow_stats.ko
  * loaded, its breakdown of the VM's pages follows the table.
@@ -95,6 +95,14 @@ static void guest_code(void)
 	}
 }
 
+/* L1 runs guest_code() as its L2, which neither calls L1 nor exits to it. */
+static void l1_guest_code(struct svm_test_data *svm)
+{
+	generic_svm_setup(svm, guest_code);
+	run_guest(svm->vmcb, svm->vmcb_gpa);
+	GUEST_FAIL("L2 exited to L1, exit code 0x%lx", svm->vmcb->control.exit_code);
+}
+
 static u64 read_debugfs_stat(const char *dir)
 {
 	char path[PATH_MAX], buf[32] = "";
@@ -124,14 +132,6 @@ static void show(struct kvm_vm *vm, const char *step)
  * shadow pages are, their memory, the peak and the churn.  Read into @buf,
  * to be shown after the table; empty without the module.
  */
-/* L1 runs guest_code() as its L2, which neither calls L1 nor exits to it. */
-static void l1_guest_code(struct svm_test_data *svm)
-{
-	generic_svm_setup(svm, guest_code);
-	run_guest(svm->vmcb, svm->vmcb_gpa);
-	GUEST_FAIL("L2 exited to L1, exit code 0x%lx", svm->vmcb->control.exit_code);
-}
-
 static void read_breakdown(struct kvm_vm *vm, char *buf, size_t size)
 {
 	static const char * const files[] = { "pages", "totals" };
@@ -278,6 +278,9 @@ static void run_churn(u64 rounds)
 	root_a = vm->mmu.pgd;
 	root_b = vm_alloc_page_table(vm);
 	memcpy(addr_gpa2hva(vm, root_b), addr_gpa2hva(vm, root_a), PAGE_SIZE);
+	/* Newer than L1's NPT, which maps the pages in use when it was built. */
+	if (nested)
+		tdp_map(vm, root_b, root_b, PAGE_SIZE);
 	sync_global_to_guest(vm, root_a);
 	sync_global_to_guest(vm, root_b);
 	/* Warm up: fault in everything once before the clock starts. */
