@@ -28,7 +28,9 @@ use std::io;
 use std::os::raw::c_void;
 use std::ptr::NonNull;
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 const PAGE_SIZE: u64 = 4096;
@@ -70,6 +72,44 @@ const GUEST_CODE: [u8; 15] = [
     0xe6, DONE_PORT as u8,  // done: out DONE_PORT, al
     0xf4,                   //       hlt                 ; stops the vCPU should it be resumed
 ];
+
+/// SMRAM, just above the guest's memory, which SMM's real-address mode reaches: SMBASE, whose
+/// handler starts at `SMBASE + 0x8000` and whose state save area ends at `SMBASE + 0x10000`.
+const SMRAM_GPA: u64 = MEMORY_SIZE;
+const SMRAM_SIZE: u64 = 64 << 10;
+const SMI_HANDLER_OFFSET: u64 = 0x8000;
+/// Memslots of KVM's SMM address space: SMRAM, and the guest's memory as SMM sees it.
+const SMM_ADDRESS_SPACE: u32 = 1 << 16;
+const SMRAM_SLOT: u32 = SMM_ADDRESS_SPACE;
+const SMM_MEMORY_SLOT: u32 = SMM_ADDRESS_SPACE | 1;
+const MSR_IA32_SMBASE: u32 = 0x9e;
+/// The byte the SMI handler writes to each region it touches.
+const SMM_TOUCH_MARK: u8 = 0xa5;
+
+/// The I/O port the SMI handler reads from when it has touched every region, still in SMM.
+pub const SMM_SYNC_PORT: u16 = 0xe;
+/// Most regions the SMI handler can touch: the 2 MiB regions from `LARGE_DATA_GPA` on.
+pub const MAX_SMM_TOUCHES: u64 = MAX_LARGE_TOUCHES;
+
+/// The SMI handler, 16-bit code for SMM's real-address mode, whose segments reach 4 GiB: it
+/// writes [`SMM_TOUCH_MARK`] to the first byte of each of `regions` 2 MiB regions from
+/// `LARGE_DATA_GPA` on, reads from [`SMM_SYNC_PORT`] and returns with `rsm`.
+fn smi_handler(regions: u16) -> Vec<u8> {
+    let mut code = vec![0xb0, SMM_TOUCH_MARK, 0xb9]; //  mov al, MARK; mov cx, regions
+    code.extend_from_slice(&regions.to_le_bytes());
+    code.extend_from_slice(&[0x66, 0xbb]); //               mov ebx, LARGE_DATA_GPA
+    code.extend_from_slice(&(LARGE_DATA_GPA as u32).to_le_bytes());
+    code.extend_from_slice(&[0x67, 0x88, 0x03]); //         next: mov [ebx], al
+    code.extend_from_slice(&[0x66, 0x81, 0xc3]); //         add ebx, LARGE_PAGE_SIZE
+    code.extend_from_slice(&(LARGE_PAGE_SIZE as u32).to_le_bytes());
+    code.extend_from_slice(&[0xe2, 0xf4]); //               loop next
+    code.extend_from_slice(&[0xe4, SMM_SYNC_PORT as u8]); // in al, SMM_SYNC_PORT
+    code.extend_from_slice(&[0x0f, 0xaa]); //               rsm
+    code
+}
+// Both are immediates of 32 bits in the handler, and the port one of 8.
+const _: () = assert!(LARGE_DATA_GPA + MAX_SMM_TOUCHES * LARGE_PAGE_SIZE <= 1 << 32);
+const _: () = assert!(SMM_SYNC_PORT <= 0xff);
 
 const PTE_PRESENT: u64 = 1 << 0;
 const PTE_WRITABLE: u64 = 1 << 1;
@@ -497,6 +537,7 @@ pub struct TestVm {
     // Field order is drop order: the vCPU and the VM go before the memory they use.
     vcpu: VcpuFd,
     vm: VmFd,
+    smram: Option<GuestMemory>,
     memory: GuestMemory,
     touches: Vec<Touch>,
     mapping: TouchMapping,
@@ -533,6 +574,7 @@ impl TestVm {
         Ok(Self {
             vcpu,
             vm,
+            smram: None,
             memory: image.memory,
             touches: image.touches,
             mapping: image.mapping,
@@ -584,17 +626,7 @@ impl TestVm {
             .set_regs(&regs)
             .map_err(kvm_error("KVM_SET_REGS"))?;
 
-        loop {
-            let exit = match self.vcpu.run() {
-                Ok(VcpuExit::IoOut(DONE_PORT, _)) => break,
-                Ok(exit) => format!("{exit:?}"),
-                // A signal interrupted KVM_RUN; the guest simply goes on.
-                Err(error) if error.errno() == libc::EINTR => continue,
-                Err(error) => return Err(kvm_error("KVM_RUN")(error)),
-            };
-            let rip = self.vcpu.get_regs().map_err(kvm_error("KVM_GET_REGS"))?.rip;
-            return Err(GuestError::UnexpectedExit { exit, rip });
-        }
+        self.run_until(|exit| matches!(exit, VcpuExit::IoOut(DONE_PORT, _)))?;
 
         for touch in &self.touches {
             let found = self.memory.read_u64(touch.gpa)?;
@@ -607,6 +639,132 @@ impl TestVm {
             }
         }
         Ok(())
+    }
+
+    /// Adds `region` to the VM's memslots.
+    ///
+    /// # Safety
+    ///
+    /// `region` must be memory that outlives the VM, as the fields of `TestVm` do.
+    unsafe fn add_memory(&self, region: kvm_userspace_memory_region) -> Result<(), GuestError> {
+        // SAFETY: the caller's promise.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm_error("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    /// Takes an SMI after a [`Self::run`]: the handler writes to `regions` 2 MiB regions of the
+    /// guest's memory through the SMM address space, with paging off, and the vCPU stops in SMM
+    /// as the handler reads from [`SMM_SYNC_PORT`]. Checks that every write reached memory.
+    pub fn take_smi(&mut self, regions: u64) -> Result<(), GuestError> {
+        if regions > MAX_SMM_TOUCHES {
+            return Err(GuestError::TooManyTouches {
+                requested: regions,
+                max: MAX_SMM_TOUCHES,
+            });
+        }
+        let touched = |index: u64| LARGE_DATA_GPA + index * LARGE_PAGE_SIZE;
+        for index in 0..regions {
+            self.memory.write_u64(touched(index), 0)?;
+        }
+        if self.smram.is_none() {
+            self.add_smram()?;
+        }
+        if let Some(smram) = &self.smram {
+            smram.write_bytes(SMI_HANDLER_OFFSET, &smi_handler(regions as u16))?;
+        }
+        self.vcpu.smi().map_err(kvm_error("KVM_SMI"))?;
+        self.run_until(|exit| matches!(exit, VcpuExit::IoIn(SMM_SYNC_PORT, _)))?;
+
+        for index in 0..regions {
+            let found = self.memory.read_u64(touched(index))?;
+            if found != u64::from(SMM_TOUCH_MARK) {
+                return Err(GuestError::TouchMissed {
+                    gva: touched(index),
+                    gpa: touched(index),
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives the VM SMRAM, at SMBASE, and the SMM address space a view of the guest's memory.
+    fn add_smram(&mut self) -> Result<(), GuestError> {
+        let smram = self.smram.insert(GuestMemory::new(SMRAM_SIZE as usize)?);
+        let smram_region = kvm_userspace_memory_region {
+            slot: SMRAM_SLOT,
+            flags: 0,
+            guest_phys_addr: SMRAM_GPA,
+            memory_size: SMRAM_SIZE,
+            userspace_addr: smram.host.as_ptr() as u64,
+        };
+        let memory_region = kvm_userspace_memory_region {
+            slot: SMM_MEMORY_SLOT,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: MEMORY_SIZE,
+            userspace_addr: self.memory.host.as_ptr() as u64,
+        };
+        // SAFETY: `smram`, never replaced once set, and `memory` are owned by `self` and
+        // outlive the VM (field order of `TestVm`).
+        unsafe {
+            self.add_memory(smram_region)?;
+            self.add_memory(memory_region)?;
+        }
+        let smbase = kvm_msr_entry {
+            index: MSR_IA32_SMBASE,
+            data: SMRAM_GPA,
+            ..Default::default()
+        };
+        // One entry is always within the wrapper's limit.
+        let msrs = Msrs::from_entries(&[smbase])
+            .map_err(|_| kvm_error("KVM_SET_MSRS")(kvm_ioctls::Error::new(libc::E2BIG)))?;
+        self.vcpu
+            .set_msrs(&msrs)
+            .map_err(kvm_error("KVM_SET_MSRS"))?;
+        Ok(())
+    }
+
+    /// Whether the vCPU is in SMM.
+    pub fn in_smm(&self) -> Result<bool, GuestError> {
+        let events = self
+            .vcpu
+            .get_vcpu_events()
+            .map_err(kvm_error("KVM_GET_VCPU_EVENTS"))?;
+        Ok(events.smi.smm != 0)
+    }
+
+    /// Lets the SMI handler return, to the `hlt` after the guest's last run.
+    pub fn leave_smm(&mut self) -> Result<(), GuestError> {
+        self.run_until(|exit| matches!(exit, VcpuExit::Hlt))
+    }
+
+    /// Runs the vCPU until an exit that `expected` accepts; any other is an error.
+    fn run_until(&mut self, expected: impl Fn(&VcpuExit) -> bool) -> Result<(), GuestError> {
+        loop {
+            let exit = match self.vcpu.run() {
+                Ok(exit) if expected(&exit) => return Ok(()),
+                Ok(exit) => format!("{exit:?}"),
+                // A signal interrupted KVM_RUN; the guest simply goes on.
+                Err(error) if error.errno() == libc::EINTR => continue,
+                Err(error) => return Err(kvm_error("KVM_RUN")(error)),
+            };
+            let rip = self.vcpu.get_regs().map_err(kvm_error("KVM_GET_REGS"))?.rip;
+            return Err(GuestError::UnexpectedExit { exit, rip });
+        }
+    }
+
+    /// Deletes the SMM address space's view of the guest's memory, which makes KVM zap every
+    /// shadow page, as any memslot deletion does.
+    pub fn delete_smm_memory(&self) -> Result<(), GuestError> {
+        let region = kvm_userspace_memory_region {
+            slot: SMM_MEMORY_SLOT,
+            memory_size: 0,
+            ..Default::default()
+        };
+        // SAFETY: a zero-sized region deletes the slot; KVM stops using the memory.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm_error("KVM_SET_USER_MEMORY_REGION (delete)"))
     }
 
     /// Deletes the guest's only memslot, which makes KVM zap the shadow pages of its memory.

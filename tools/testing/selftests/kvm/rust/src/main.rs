@@ -24,7 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::process::ExitCode;
 
 use kvm_bindings::KVM_CAP_BINARY_STATS_FD;
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Cap, Kvm};
 use kvm_stats::breakdown::{Pages, Role, Scope, ShadowStatsDebugfs};
 use kvm_stats::debugfs::{KvmDebugfs, VmId};
 use kvm_stats::stats::{StatBase, StatKind, StatUnit, Stats};
@@ -54,6 +54,10 @@ const ROOTS_ONE_VCPU_MAY_HOLD: u64 = 4;
 
 /// The accounting module, as loaded and unloaded by [`handover`].
 const MODULE_NAME: &str = "kvm_shadow_stats";
+
+/// With paging off, as SMM starts, KVM maps the SMM address space with four PAE roots, page
+/// directories of one GiB each.
+const SMM_PAE_ROOTS: u64 = 4;
 
 /// The environment variable that names the module's file.
 const MODULE_ENV: &str = "KVM_SHADOW_STATS_MODULE";
@@ -757,6 +761,99 @@ fn limits_and_zaps(host: &Host, record: &mut Record) -> ScenarioResult {
     Ok(())
 }
 
+/// An SMM page of `level`: direct, as SMM's paging is off, and of an L1 guest.
+fn smm_direct(level: u8) -> Role {
+    Role {
+        smm: true,
+        ..Role::direct(level)
+    }
+}
+
+fn smm_pages(host: &Host, record: &mut Record) -> ScenarioResult {
+    host.require(Paging::Shadow)?;
+    if !host.kvm.check_extension(Cap::X86Smm) {
+        return Err(NotPassed::Skip("KVM_CAP_X86_SMM is unavailable".into()));
+    }
+    let checks = &mut record.breakdown;
+    let mut vm = ObservedVm::new(host, TouchMapping::Small, 8)?;
+    vm.guest.run()?;
+    let (ran, before) = vm.check_after_run(host, Paging::Shadow, checks)?;
+
+    // A direct level-1 page for SMRAM's 2 MiB, whose handler SMM fetches, and one per region.
+    let regions = 12;
+    vm.guest.take_smi(regions)?;
+    ensure!(vm.guest.in_smm()?, "the SMI handler ran outside SMM");
+    let (in_smm, during) = vm.observe(host, checks)?;
+    let smm_needed = SMM_PAE_ROOTS + 1 + regions;
+    ensure!(
+        in_smm == ran + smm_needed,
+        "{STAT} is {in_smm} in SMM, expected {ran} + {SMM_PAE_ROOTS} PAE roots + {} direct tables",
+        1 + regions
+    );
+    if let (Some(before), Some(during)) = (&before, &during) {
+        checks.run(|_| {
+            let mut expected = before.pages.held();
+            expected.insert(smm_direct(2), SMM_PAE_ROOTS);
+            expected.insert(smm_direct(1), 1 + regions);
+            compare_held(
+                "in SMM, SMM's own pages beside the guest's",
+                &expected,
+                &during.pages.held(),
+            )
+            .map_err(failed)?;
+            ensure!(
+                during.pages.zapped() == before.pages.zapped(),
+                "an SMI zapped pages: {}",
+                show_pages(&during.pages)
+            );
+            Ok(())
+        });
+    }
+
+    vm.guest.leave_smm()?;
+    ensure!(!vm.guest.in_smm()?, "the vCPU is still in SMM after rsm");
+    let (returned, after) = vm.observe(host, checks)?;
+    ensure!(
+        returned == in_smm,
+        "{STAT} is {returned} after rsm, was {in_smm} in SMM"
+    );
+    if let (Some(during), Some(after)) = (&during, &after) {
+        checks.run(|_| {
+            compare_held("after rsm", &during.pages.held(), &after.pages.held()).map_err(failed)
+        });
+    }
+
+    // Every page goes, SMM's with the rest, but the root the vCPU holds, not SMM's.
+    vm.guest.delete_smm_memory()?;
+    let (deleted, after_delete) = vm.observe(host, checks)?;
+    ensure!(
+        deleted == 1,
+        "{STAT} is {deleted} after deleting SMM's memslot, expected 1, the vCPU's root"
+    );
+    if let (Some(after), Some(after_delete)) = (&after, &after_delete) {
+        checks.run(|_| {
+            check_zap_step(
+                "deleting SMM's memslot",
+                after,
+                after_delete,
+                returned - deleted,
+                None,
+            )?;
+            compare_held(
+                "after deleting SMM's memslot, only the root the vCPU holds stays",
+                &Held::from([(Role::indirect(4), 1)]),
+                &after_delete.pages.held(),
+            )
+            .map_err(failed)
+        });
+    }
+    record.notes.push(format!(
+        "{STAT}: {ran} after a run, {in_smm} in SMM, {returned} after rsm, {deleted} after \
+         deleting SMM's memslot"
+    ));
+    Ok(())
+}
+
 fn two_vms(host: &Host, record: &mut Record) -> ScenarioResult {
     let paging = host.paging()?;
     let checks = &mut record.breakdown;
@@ -1215,6 +1312,11 @@ const SCENARIOS: &[(&str, &str, Scenario)] = &[
         "hand-over: loading and unloading the module with VMs holding shadow pages loses nothing",
         "hand-over, breakdown: the pages at insmod are adopted into the buckets of a twin under the module",
         handover,
+    ),
+    (
+        "SMM: an SMI's own shadow pages are counted, and zapped with a memslot",
+        "SMM, breakdown: four direct PAE roots and a direct table per region, all smm=1",
+        smm_pages,
     ),
     (
         "two VMs: each VM's stat is its own and debugfs adds them up",
