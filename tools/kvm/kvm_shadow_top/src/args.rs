@@ -600,6 +600,38 @@ mod tests {
         );
     }
 
+    /// The options a line of the usage text or of the man page defines, where that line starts
+    /// with them.
+    fn leading_options(line: &str) -> impl Iterator<Item = String> + '_ {
+        line.split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+            .filter(|word| !word.is_empty())
+            .skip_while(|word| word.starts_with('.'))
+            .take_while(|word| word.starts_with('-'))
+            .map(str::to_owned)
+    }
+
+    /// The man page documents the options that `--help` lists, and no others.
+    #[test]
+    fn the_man_page_has_the_options_of_the_usage_text() {
+        use std::collections::BTreeSet;
+
+        let in_usage: BTreeSet<String> = USAGE
+            .lines()
+            .filter(|line| line.starts_with("  -"))
+            .flat_map(leading_options)
+            .collect();
+        let man = include_str!("../kvm_shadow_top.8").replace("\\-", "-");
+        let lines: Vec<&str> = man.lines().collect();
+        // Each option is the tag of a paragraph: the line after `.TP`.
+        let in_man: BTreeSet<String> = lines
+            .windows(2)
+            .filter(|pair| pair[0] == ".TP")
+            .flat_map(|pair| leading_options(pair[1]))
+            .collect();
+        assert!(in_usage.len() >= 16, "{in_usage:?}");
+        assert_eq!(in_man, in_usage);
+    }
+
     #[test]
     fn arguments_that_are_not_utf8_are_refused() {
         use std::os::unix::ffi::OsStringExt;
