@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! `kvm_shadow_top`: how many shadow MMU pages each KVM VM on this host holds, and how fast
-//! they come and go, as a live table, JSON or Prometheus metrics.
+//! they come and go, as a live table, JSON or Prometheus metrics, the last also as a file that
+//! node_exporter's textfile collector serves.
 //!
 //! VMs are found in KVM's debugfs directory, where each has a directory `<pid>-<vm fd>`, and
 //! while kvm_shadow_stats.ko is loaded in its directory too, which also has the VMs KVM made no
@@ -111,7 +112,6 @@ fn run(options: &Options) -> Result<(), RunError> {
             Ok(None) => return Ok(()),
             Err(error) if written && matches!(options.output, Output::Textfile(_)) => {
                 eprintln!("kvm_shadow_top: {error}; trying again in the next interval");
-                previous = None;
             }
             Err(error) => return Err(error),
         }
