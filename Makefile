@@ -4,25 +4,28 @@
 #
 #   make run      build everything, boot it, watch the stat move
 #   make test     every test: host checks and in-guest selftests
+#   make install  the module, kvm_shadow_top, its man page and systemd service
 #
 # Variables: KVER=7.3 (Debian linux-source-KVER), FLAVOR=base|debug,
-# KDIR=<your own patched kernel build> instead of the embedded default.
+# KDIR=<your own patched kernel build> instead of the embedded default,
+# DESTDIR and PREFIX=/usr/local for make install.
 #
 # The module itself is built by kbuild from ./Kbuild:
 #   make -C <patched kernel build> M=$PWD modules
 
 KVER ?= 7.3
 FLAVOR ?= base
-export KVER FLAVOR KDIR
+PREFIX ?= /usr/local
+export KVER FLAVOR KDIR DESTDIR PREFIX
 
 S := scripts
 
-.PHONY: all setup kernel module selftests run test bench stress env clean distclean help
+.PHONY: all setup kernel module selftests run test bench stress install env clean distclean help
 
 all: module selftests
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
 
 setup:
 	@$(S)/setup
@@ -47,6 +50,9 @@ bench: module selftests
 
 stress: module selftests
 	@$(S)/stress
+
+install: module
+	@$(S)/install
 
 env:
 	@$(S)/env

@@ -1,17 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The command line.
+//! The command line, parsed with `lexopt`: short options take their value attached or as the
+//! next argument (`-p123`, `-p 123`), long ones after `=` or as the next argument, and `--`
+//! ends the options.
 
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kvm_stats::debugfs::VmId;
 
 pub const USAGE: &str = "\
 usage: kvm_shadow_top [--once | --interval SECONDS]
-                      [--json | --prometheus | --breakdown] [--sources]
-                      [-p PID[-FD[.N]][,...]]
+                      [--json | --prometheus | --textfile PATH | --breakdown]
+                      [--sources] [-p PID[-FD[.N]][,...]] [-g GUEST]
 
 Shows how many shadow MMU pages each KVM VM on this host holds (KVM's
 mmu_shadow_pages), busiest first, with a total, refreshed every second.
@@ -19,10 +22,12 @@ While kvm_shadow_stats.ko is loaded, also which pages they are.
 
   -1, --once           one sample, then exit
   --interval SECONDS   sample every SECONDS (default 1); with --json or
-                       --prometheus, keep sampling instead of exiting
+                       --textfile, keep sampling instead of exiting
   --json               one JSON document per sample, one per line
-  --prometheus         Prometheus text format, for node_exporter's textfile
-                       collector
+  --prometheus         one Prometheus text exposition on standard output
+  --textfile PATH      write the Prometheus exposition to PATH, a file
+                       ending in .prom in node_exporter's textfile
+                       directory, replacing it whole on every sample
   --breakdown          each VM's shadow pages by role (level, direct, L2,
                        SMM), from kvm_shadow_stats.ko
   --sources            say where each number came from: the VM's binary
@@ -31,8 +36,14 @@ While kvm_shadow_stats.ko is loaded, also which pages they are.
                        only the VMs of these processes, or with -FD only
                        the VM of debugfs directory PID-FD, with .N only
                        that of PID-FD.N; may be repeated
+  -g, --guest GUEST    only the VMs of the processes whose guest name (QEMU's
+                       -name) is GUEST; may be repeated, and adds to -p
   -h, --help           show this text
+  -V, --version        show the version
 ";
+
+/// The program's name and version, for `--version`.
+pub const VERSION: &str = concat!("kvm_shadow_top ", env!("CARGO_PKG_VERSION"), "\n");
 
 /// What is printed for each sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,30 +57,42 @@ pub enum Format {
 
 impl Format {
     /// Whether it is for people, and so refreshed every second unless told otherwise.
-    fn is_live(self) -> bool {
+    pub fn is_live(self) -> bool {
         matches!(self, Self::Table | Self::Breakdown)
     }
+}
+
+/// Where each sample goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    /// A file that each sample replaces whole, for node_exporter's textfile collector.
+    Textfile(PathBuf),
 }
 
 /// Which VMs to show: those that one of these picks, or every VM if there are none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection(Vec<Selector>);
 
-/// A process, or one VM of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A process, one VM of it, or the processes of a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
     /// Every VM the process created.
     Process(u32),
     /// The VM of this debugfs directory name, and not the duplicates of its name.
     Vm(VmId),
+    /// Every VM of the processes whose guest name, as `kvm_stat -g` finds it, is this.
+    Guest(String),
 }
 
 impl Selection {
-    pub fn contains(&self, vm: VmId) -> bool {
+    /// Whether `vm`, whose owner's guest name is `guest`, is one of those picked.
+    pub fn contains(&self, vm: VmId, guest: Option<&str>) -> bool {
         self.0.is_empty()
-            || self.0.iter().any(|selector| match *selector {
-                Selector::Process(pid) => pid == vm.pid,
-                Selector::Vm(wanted) => wanted == vm,
+            || self.0.iter().any(|selector| match selector {
+                Selector::Process(pid) => *pid == vm.pid,
+                Selector::Vm(wanted) => *wanted == vm,
+                Selector::Guest(name) => guest == Some(name.as_str()),
             })
     }
 }
@@ -77,6 +100,7 @@ impl Selection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub format: Format,
+    pub output: Output,
     /// Time between samples, or `None` for a single sample.
     pub interval: Option<Duration>,
     pub sources: bool,
@@ -87,6 +111,7 @@ pub struct Options {
 pub enum Command {
     Run(Options),
     Help,
+    Version,
 }
 
 /// What is wrong with the command line, for the line above the usage text.
@@ -101,66 +126,74 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+impl From<lexopt::Error> for UsageError {
+    fn from(error: lexopt::Error) -> Self {
+        Self(error.to_string())
+    }
+}
+
 fn usage_error(message: impl Into<String>) -> UsageError {
     UsageError(message.into())
 }
 
 /// Parses the arguments after the program name.
+///
+/// Every argument is parsed before `--help` or `--version` is honoured, so that an argument
+/// it does not take is an error wherever it stands.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
+    use lexopt::prelude::*;
+
+    let mut info = None;
     let mut format = None;
+    let mut textfile = None;
     let mut once = false;
     let mut interval = None;
     let mut sources = false;
     let mut selection = Selection::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let arg = arg
-            .into_string()
-            .map_err(|arg| usage_error(format!("unknown argument {arg:?}")))?;
-        let (name, mut inline_value) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name, Some(value.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut set_format = |wanted| match format.replace(wanted) {
-            Some(other) if other != wanted => Err(usage_error(
-                "--json, --prometheus and --breakdown exclude each other",
-            )),
-            _ => Ok(()),
-        };
-        match name {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-1" | "--once" => once = true,
-            "--json" => set_format(Format::Json)?,
-            "--prometheus" => set_format(Format::Prometheus)?,
-            "--breakdown" => set_format(Format::Breakdown)?,
-            "--sources" => sources = true,
-            "--interval" => {
-                let value = match inline_value.take() {
-                    Some(value) => value,
-                    None => args
-                        .next()
-                        .and_then(|value| value.into_string().ok())
-                        .ok_or_else(|| usage_error("--interval needs a number of seconds"))?,
-                };
-                interval = Some(parse_interval(&value)?);
+    let mut set_format = |wanted| match format.replace(wanted) {
+        Some(other) if other != wanted => Err(usage_error(
+            "--json, --prometheus or --textfile, and --breakdown exclude each other",
+        )),
+        _ => Ok(()),
+    };
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                info.get_or_insert(Command::Help);
             }
-            "-p" | "--pid" => {
-                let value = match inline_value.take() {
-                    Some(value) => value,
-                    None => args
-                        .next()
-                        .and_then(|value| value.into_string().ok())
-                        .ok_or_else(|| usage_error(format!("{name} needs a PID or PID-FD")))?,
-                };
-                for selector in value.split(',') {
-                    selection.0.push(parse_selector(name, selector)?);
+            Short('V') | Long("version") => {
+                info.get_or_insert(Command::Version);
+            }
+            Short('1') | Long("once") => once = true,
+            Long("json") => set_format(Format::Json)?,
+            Long("prometheus") => set_format(Format::Prometheus)?,
+            Long("breakdown") => set_format(Format::Breakdown)?,
+            Long("textfile") => {
+                set_format(Format::Prometheus)?;
+                textfile = Some(parse_textfile(parser.value()?)?);
+            }
+            Long("sources") => sources = true,
+            Long("interval") => interval = Some(parse_interval(&parser.value()?.string()?)?),
+            Short('p') | Long("pid") => {
+                let option = if arg == Short('p') { "-p" } else { "--pid" };
+                for selector in parser.value()?.string()?.split(',') {
+                    selection.0.push(parse_selector(option, selector)?);
                 }
             }
-            _ => return Err(usage_error(format!("unknown argument '{arg}'"))),
+            Short('g') | Long("guest") => {
+                let guest = parser.value()?.string()?;
+                // No process has an empty guest name: kvm_stat -g finds none either.
+                if guest.is_empty() {
+                    return Err(usage_error("-g takes a guest name, not ''"));
+                }
+                selection.0.push(Selector::Guest(guest));
+            }
+            _ => return Err(arg.unexpected().into()),
         }
-        if inline_value.is_some() {
-            return Err(usage_error(format!("{name} takes no value")));
-        }
+    }
+    if let Some(info) = info {
+        return Ok(info);
     }
     let format = format.unwrap_or(Format::Table);
     if once && interval.is_some() {
@@ -168,11 +201,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     }
     if sources && format == Format::Prometheus {
         // A label whose value changes would split a VM's series in two.
-        return Err(usage_error("--sources has no place in --prometheus output"));
+        return Err(usage_error("--sources has no place in Prometheus output"));
     }
     if sources && format == Format::Breakdown {
         // Only kvm_shadow_stats.ko's debugfs files have it.
         return Err(usage_error("--sources has no place in --breakdown output"));
+    }
+    let output = textfile.map_or(Output::Stdout, Output::Textfile);
+    if format == Format::Prometheus && output == Output::Stdout && interval.is_some() {
+        // Expositions one after another are no exposition: the second repeats every family.
+        return Err(usage_error(
+            "--prometheus writes one exposition; to keep one up to date, use --textfile PATH --interval SECONDS",
+        ));
     }
     let interval = match (format.is_live(), once) {
         (_, true) => None,
@@ -181,10 +221,24 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     };
     Ok(Command::Run(Options {
         format,
+        output,
         interval,
         sources,
         selection,
     }))
+}
+
+/// The path of `--textfile`: node_exporter's textfile collector reads only files whose name
+/// ends in `.prom`, and would never see another.
+fn parse_textfile(path: OsString) -> Result<PathBuf, UsageError> {
+    let path = PathBuf::from(path);
+    if path.extension().is_none_or(|extension| extension != "prom") {
+        return Err(usage_error(format!(
+            "--textfile takes a file whose name ends in .prom, which node_exporter reads, not {}",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// One `PID`, `PID-FD` or `PID-FD.N` of `-p`, in the digits-only spelling of debugfs directory
@@ -245,10 +299,28 @@ mod tests {
     fn run(format: Format, interval: Option<Duration>, sources: bool) -> Command {
         Command::Run(Options {
             format,
+            output: Output::Stdout,
             interval,
             sources,
             selection: Selection::default(),
         })
+    }
+
+    fn textfile(path: &str, interval: Option<Duration>) -> Command {
+        Command::Run(Options {
+            format: Format::Prometheus,
+            output: Output::Textfile(PathBuf::from(path)),
+            interval,
+            sources: false,
+            selection: Selection::default(),
+        })
+    }
+
+    fn selection_of(args: &[&str]) -> Selection {
+        match parse_strs(args) {
+            Ok(Command::Run(options)) => options.selection,
+            other => panic!("{args:?}: {other:?}"),
+        }
     }
 
     const SECOND: Option<Duration> = Some(Duration::from_secs(1));
@@ -272,27 +344,59 @@ mod tests {
     }
 
     #[test]
-    fn json_and_prometheus_sample_once_unless_given_an_interval() {
+    fn json_samples_once_unless_given_an_interval() {
         assert_eq!(parse_strs(&["--json"]), Ok(run(Format::Json, None, false)));
         assert_eq!(
             parse_strs(&["--json", "--sources", "--once"]),
             Ok(run(Format::Json, None, true))
         );
         assert_eq!(
-            parse_strs(&["--prometheus"]),
-            Ok(run(Format::Prometheus, None, false))
-        );
-        assert_eq!(
-            parse_strs(&["--interval", "15", "--prometheus"]),
-            Ok(run(
-                Format::Prometheus,
-                Some(Duration::from_secs(15)),
-                false
-            ))
+            parse_strs(&["--interval", "15", "--json"]),
+            Ok(run(Format::Json, Some(Duration::from_secs(15)), false))
         );
         assert_eq!(
             parse_strs(&["--json", "--json"]),
             Ok(run(Format::Json, None, false))
+        );
+    }
+
+    #[test]
+    fn prometheus_on_stdout_is_one_exposition() {
+        assert_eq!(
+            parse_strs(&["--prometheus"]),
+            Ok(run(Format::Prometheus, None, false))
+        );
+        assert_eq!(
+            parse_strs(&["--prometheus", "--once"]),
+            Ok(run(Format::Prometheus, None, false))
+        );
+        assert_eq!(
+            parse_strs(&["--prometheus", "--interval", "15"]),
+            Err(UsageError(
+                "--prometheus writes one exposition; to keep one up to date, use --textfile PATH --interval SECONDS"
+                    .to_owned()
+            ))
+        );
+    }
+
+    #[test]
+    fn textfile_writes_once_or_every_interval() {
+        let path = "/var/lib/prometheus/node-exporter/kvm_shadow_mmu.prom";
+        assert_eq!(parse_strs(&["--textfile", path]), Ok(textfile(path, None)));
+        assert_eq!(
+            parse_strs(&[&format!("--textfile={path}"), "--interval", "15"]),
+            Ok(textfile(path, Some(Duration::from_secs(15))))
+        );
+        assert_eq!(
+            parse_strs(&["--prometheus", "--textfile", "x.prom", "--once"]),
+            Ok(textfile("x.prom", None))
+        );
+        assert_eq!(
+            parse_strs(&["--textfile", "kvm.txt"]),
+            Err(UsageError(
+                "--textfile takes a file whose name ends in .prom, which node_exporter reads, not kvm.txt"
+                    .to_owned()
+            ))
         );
     }
 
@@ -327,44 +431,115 @@ mod tests {
         assert_eq!(options.format, Format::Breakdown);
         let selection = options.selection;
         let vm = |pid, fd| VmId::new(pid, fd);
-        assert!(selection.contains(vm(4242, 11)) && selection.contains(vm(4242, 12)));
-        assert!(selection.contains(vm(77, 9)) && !selection.contains(vm(77, 10)));
-        assert!(selection.contains(vm(100, 3)) && selection.contains(vm(5, 0)));
-        assert!(!selection.contains(vm(6, 0)) && !selection.contains(vm(42, 11)));
+        let picks = |pid, fd| selection.contains(vm(pid, fd), None);
+        assert!(picks(4242, 11) && picks(4242, 12));
+        assert!(picks(77, 9) && !picks(77, 10));
+        assert!(picks(100, 3) && picks(5, 0));
+        assert!(!picks(6, 0) && !picks(42, 11));
         // Nothing selected is everything.
-        assert!(Selection::default().contains(vm(1, 2)));
+        assert!(Selection::default().contains(vm(1, 2), None));
+    }
+
+    #[test]
+    fn a_short_option_takes_its_value_attached() {
+        let selection = selection_of(&["-p4242", "-p=77-9", "-gweb1"]);
+        assert!(selection.contains(VmId::new(4242, 3), None));
+        assert!(selection.contains(VmId::new(77, 9), None));
+        assert!(selection.contains(VmId::new(1, 2), Some("web1")));
+        assert!(!selection.contains(VmId::new(1, 2), None));
+        // A value that looks like an option is a value.
+        assert!(parse_strs(&["-p", "-5"]).is_err());
+        assert_eq!(
+            selection_of(&["-g", "--json"]),
+            Selection(vec![Selector::Guest("--json".to_owned())])
+        );
+    }
+
+    #[test]
+    fn guest_selects_by_name_and_adds_to_pid() {
+        let selection = selection_of(&["-g", "web1", "--guest=db, one", "-p", "7"]);
+        let vm = VmId::new(1000, 10);
+        assert!(selection.contains(vm, Some("web1")));
+        assert!(selection.contains(vm, Some("db, one")));
+        assert!(!selection.contains(vm, Some("web")));
+        assert!(!selection.contains(vm, Some("web1 ")));
+        assert!(!selection.contains(vm, None));
+        assert!(selection.contains(VmId::new(7, 10), None));
     }
 
     #[test]
     fn pid_tells_a_vm_from_the_duplicates_of_its_name() {
-        let Ok(Command::Run(options)) = parse_strs(&["-p", "4242,77-9,5-1.2"]) else {
-            panic!("parsed");
-        };
+        let selection = selection_of(&["-p", "4242,77-9,5-1.2"]);
         let duplicate = |pid, fd, duplicate| VmId { pid, fd, duplicate };
-        let selection = options.selection;
-        assert!(selection.contains(duplicate(4242, 11, 0)));
-        assert!(selection.contains(duplicate(4242, 11, 3)));
-        assert!(selection.contains(duplicate(77, 9, 0)));
-        assert!(!selection.contains(duplicate(77, 9, 1)));
-        assert!(selection.contains(duplicate(5, 1, 2)));
-        assert!(!selection.contains(duplicate(5, 1, 0)));
-        assert!(!selection.contains(duplicate(5, 1, 1)));
+        let picks = |vm| selection.contains(vm, None);
+        assert!(picks(duplicate(4242, 11, 0)));
+        assert!(picks(duplicate(4242, 11, 3)));
+        assert!(picks(duplicate(77, 9, 0)));
+        assert!(!picks(duplicate(77, 9, 1)));
+        assert!(picks(duplicate(5, 1, 2)));
+        assert!(!picks(duplicate(5, 1, 0)));
+        assert!(!picks(duplicate(5, 1, 1)));
     }
 
     #[test]
-    fn help() {
+    fn double_dash_ends_the_options() {
+        assert_eq!(
+            parse_strs(&["--once", "--"]),
+            Ok(run(Format::Table, None, false))
+        );
+        assert_eq!(
+            parse_strs(&["--", "--once"]),
+            Err(UsageError("unexpected argument \"--once\"".to_owned()))
+        );
+    }
+
+    #[test]
+    fn help_and_version() {
         assert_eq!(parse_strs(&["--help"]), Ok(Command::Help));
-        assert_eq!(parse_strs(&["--once", "-h", "--bogus"]), Ok(Command::Help));
+        assert_eq!(parse_strs(&["-h"]), Ok(Command::Help));
+        assert_eq!(parse_strs(&["--once", "-h", "--json"]), Ok(Command::Help));
+        assert_eq!(parse_strs(&["-V"]), Ok(Command::Version));
+        assert_eq!(parse_strs(&["--version", "--help"]), Ok(Command::Version));
+        assert!(VERSION.starts_with("kvm_shadow_top ") && VERSION.ends_with('\n'));
+    }
+
+    /// An argument it does not take is an error before and after `--help` alike.
+    #[test]
+    fn a_bad_argument_is_an_error_wherever_help_stands() {
+        for args in [
+            &["-h", "--bogus"][..],
+            &["--bogus", "-h"],
+            &["--help", "once"],
+            &["-V", "--interval"],
+            &["--version", "-p", "x"],
+        ] {
+            assert!(parse_strs(args).is_err(), "{args:?}");
+        }
+        assert_eq!(
+            parse_strs(&["-h", "--bogus"]),
+            Err(UsageError("invalid option '--bogus'".to_owned()))
+        );
+        assert_eq!(
+            parse_strs(&["-h", "--bogus"]),
+            parse_strs(&["--bogus", "-h"])
+        );
     }
 
     #[test]
     fn bad_input_is_refused() {
         for args in [
             &["--bogus"][..],
+            &["-x"],
             &["once"],
             &["--once", "--interval", "2"],
             &["--json", "--prometheus"],
+            &["--json", "--textfile", "a.prom"],
+            &["--textfile", "a.prom", "--breakdown"],
             &["--prometheus", "--sources"],
+            &["--textfile", "a.prom", "--sources"],
+            &["--textfile"],
+            &["--textfile", "a.prom.tmp"],
+            &["--textfile", ""],
             &["--breakdown", "--json"],
             &["--prometheus", "--breakdown"],
             &["--breakdown", "--sources"],
@@ -388,6 +563,9 @@ mod tests {
             &["-p", "5-1.1.1"],
             &["-p", "5-.1"],
             &["--pid=", "1"],
+            &["-g"],
+            &["-g", ""],
+            &["--guest="],
             &["--interval"],
             &["--interval", "0"],
             &["--interval", "-1"],
@@ -398,6 +576,7 @@ mod tests {
             &["--interval="],
             &["--once=yes"],
             &["--json=1"],
+            &["-1=2"],
         ] {
             assert!(parse_strs(args).is_err(), "{args:?}");
         }
@@ -413,6 +592,44 @@ mod tests {
                 "-p takes PID, PID-FD or PID-FD.N, not 'web1'".to_owned()
             ))
         );
+        assert_eq!(
+            parse_strs(&["--pid", "x"]),
+            Err(UsageError(
+                "--pid takes PID, PID-FD or PID-FD.N, not 'x'".to_owned()
+            ))
+        );
+    }
+
+    /// The options a line of the usage text or of the man page defines, where that line starts
+    /// with them.
+    fn leading_options(line: &str) -> impl Iterator<Item = String> + '_ {
+        line.split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+            .filter(|word| !word.is_empty())
+            .skip_while(|word| word.starts_with('.'))
+            .take_while(|word| word.starts_with('-'))
+            .map(str::to_owned)
+    }
+
+    /// The man page documents the options that `--help` lists, and no others.
+    #[test]
+    fn the_man_page_has_the_options_of_the_usage_text() {
+        use std::collections::BTreeSet;
+
+        let in_usage: BTreeSet<String> = USAGE
+            .lines()
+            .filter(|line| line.starts_with("  -"))
+            .flat_map(leading_options)
+            .collect();
+        let man = include_str!("../kvm_shadow_top.8").replace("\\-", "-");
+        let lines: Vec<&str> = man.lines().collect();
+        // Each option is the tag of a paragraph: the line after `.TP`.
+        let in_man: BTreeSet<String> = lines
+            .windows(2)
+            .filter(|pair| pair[0] == ".TP")
+            .flat_map(|pair| leading_options(pair[1]))
+            .collect();
+        assert!(in_usage.len() >= 16, "{in_usage:?}");
+        assert_eq!(in_man, in_usage);
     }
 
     #[test]
@@ -420,5 +637,7 @@ mod tests {
         use std::os::unix::ffi::OsStringExt;
         let arg = OsString::from_vec(vec![b'-', 0xff]);
         assert!(parse([arg]).is_err());
+        let value = OsString::from_vec(vec![b'1', 0xff]);
+        assert!(parse([OsString::from("-p"), value]).is_err());
     }
 }

@@ -29,7 +29,7 @@ use kvm_stats::stats::Stats;
 use crate::args::Selection;
 use crate::fields::FIELDS;
 use crate::pidfd;
-use crate::process;
+use crate::process::{self, Owner};
 use crate::sample::{Breakdown, Reading, Sample, Source, Vm};
 
 /// What `/proc/<pid>/fd/<fd>` links to for a VM's binary stats fd.
@@ -55,8 +55,6 @@ pub enum CollectError {
     NoBreakdown {
         dir: PathBuf,
     },
-    /// kvm_shadow_stats.ko's files cannot be read or do not say what its documentation says.
-    Breakdown(BreakdownError),
 }
 
 impl fmt::Display for CollectError {
@@ -83,7 +81,6 @@ impl fmt::Display for CollectError {
                 "kvm_shadow_stats.ko is not loaded: there is no {} (modprobe kvm_shadow_stats)",
                 dir.display()
             ),
-            Self::Breakdown(error) => error.fmt(f),
         }
     }
 }
@@ -92,7 +89,6 @@ impl std::error::Error for CollectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Debugfs(error) => Some(error),
-            Self::Breakdown(error) => Some(error),
             _ => None,
         }
     }
@@ -137,6 +133,10 @@ impl Collector {
     }
 
     /// Every VM, skipping those that are destroyed while they are read.
+    ///
+    /// kvm_shadow_stats.ko's files are not ABI: one that cannot be read or says what this tool
+    /// does not understand costs its VM the breakdown, with a warning in the sample, and
+    /// never the stats that KVM keeps.
     pub fn sample(&self) -> Result<Sample, CollectError> {
         let in_kvm_debugfs: BTreeSet<VmId> = self
             .debugfs
@@ -144,12 +144,17 @@ impl Collector {
             .map_err(|error| self.explain(error))?
             .into_iter()
             .collect();
-        if self.require_breakdown && !self.shadow_stats.is_present() {
+        let module_loaded = self.shadow_stats.is_present();
+        if self.require_breakdown && !module_loaded {
             return Err(CollectError::NoBreakdown {
                 dir: self.shadow_stats.root().to_owned(),
             });
         }
-        let in_module = self.module_vms().map_err(CollectError::Breakdown)?;
+        let mut warnings = Vec::new();
+        let in_module = self.module_vms().unwrap_or_else(|error| {
+            warnings.push(format!("{error}; no VM has a breakdown in this sample"));
+            Vec::new()
+        });
         let ids: BTreeSet<VmId> = in_kvm_debugfs.iter().chain(&in_module).copied().collect();
         let mut vms_per_owner = HashMap::<u32, usize>::new();
         for id in &ids {
@@ -157,7 +162,8 @@ impl Collector {
         }
         let mut vms = Vec::with_capacity(ids.len());
         for id in ids {
-            if !self.selection.contains(id) {
+            let owner = process::owner(&self.proc_root, id.pid);
+            if !self.selection.contains(id, owner.guest.as_deref()) {
                 continue;
             }
             // A stats fd tells which process created its VM, not which of its VMs it is.
@@ -166,12 +172,15 @@ impl Collector {
                 .flatten();
             let listed_by_kvm = in_kvm_debugfs.contains(&id);
             let Some(mut vm) = self
-                .read_vm(id, listed_by_kvm, stats)
+                .read_vm(id, owner, listed_by_kvm, stats)
                 .map_err(CollectError::Debugfs)?
             else {
                 continue;
             };
-            vm.breakdown = self.read_breakdown(id).map_err(CollectError::Breakdown)?;
+            vm.breakdown = self.read_breakdown(id).unwrap_or_else(|error| {
+                warnings.push(format!("VM {id}: {error}; its breakdown is left out"));
+                None
+            });
             // Without a directory in KVM's debugfs, only the module's can tell that the VM was
             // destroyed meanwhile, or that the module went away.
             if !listed_by_kvm
@@ -182,7 +191,11 @@ impl Collector {
             }
             vms.push(vm);
         }
-        Ok(Sample::new(SystemTime::now(), Instant::now(), vms))
+        let mut sample = Sample::new(SystemTime::now(), Instant::now(), vms);
+        // A module that went away during the sample took the breakdowns after it along.
+        sample.shadow_stats_loaded = module_loaded && self.shadow_stats.is_present();
+        sample.warnings = warnings;
+        Ok(sample)
     }
 
     /// The VMs kvm_shadow_stats.ko has a directory for: none while it is not loaded.
@@ -195,12 +208,13 @@ impl Collector {
         }
     }
 
-    /// Reads one VM from `stats` where they have a value and, if `listed_by_kvm`, from the
-    /// VM's directory in KVM's debugfs otherwise; `None` if that directory is gone, as the VM
-    /// no longer exists.
+    /// Reads one VM, whose process is `owner`, from `stats` where they have a value and, if
+    /// `listed_by_kvm`, from the VM's directory in KVM's debugfs otherwise; `None` if that
+    /// directory is gone, as the VM no longer exists.
     fn read_vm(
         &self,
         id: VmId,
+        owner: Owner,
         listed_by_kvm: bool,
         stats: Option<Stats<File>>,
     ) -> Result<Option<Vm>, DebugfsError> {
@@ -231,11 +245,10 @@ impl Collector {
                 Err(error) => return Err(error),
             }
         }
-        let (comm, guest) = process::owner(&self.proc_root, id.pid);
         Ok(Some(Vm {
             id,
-            comm,
-            guest,
+            comm: owner.comm,
+            guest: owner.guest,
             readings,
             rates: [None; FIELDS.len()],
             breakdown: None,
@@ -479,13 +492,50 @@ mod tests {
         );
     }
 
+    /// The module's files are not ABI: one it cannot make sense of costs that VM its breakdown,
+    /// with a warning, and no VM its KVM stats nor another VM its breakdown.
     #[test]
-    fn a_broken_breakdown_is_an_error() {
+    fn a_broken_breakdown_is_a_warning() {
         let fake = FakeDebugfs::new("broken-breakdown");
-        fake.add_vm(&format!("{NO_PID}-12"), &[("mmu_shadow_pages", "4\n")]);
+        for fd in [12, 13] {
+            fake.add_vm(&format!("{NO_PID}-{fd}"), &[("mmu_shadow_pages", "4\n")]);
+        }
         fake.add_breakdown(&format!("{NO_PID}-12"), PAGES, "pages 4\n");
-        let error = fake.collector().sample().expect_err("no peak in totals");
-        assert!(matches!(error, CollectError::Breakdown(_)), "{error}");
+        fake.add_breakdown(&format!("{NO_PID}-13"), PAGES, TOTALS);
+        let sample = fake.collector().sample().expect("a sample");
+        let vms: Vec<_> = sample
+            .vms
+            .iter()
+            .map(|vm| (vm.id.fd, vm.readings[0], vm.breakdown.is_some()))
+            .collect();
+        let four = debugfs_readings([Some(4), None, None])[0];
+        assert_eq!(vms, [(12, four, false), (13, four, true)]);
+        assert!(sample.shadow_stats_loaded);
+        assert_eq!(sample.warnings.len(), 1, "{:?}", sample.warnings);
+        let warning = &sample.warnings[0];
+        assert!(
+            warning.starts_with(&format!("VM {NO_PID}-12: "))
+                && warning.contains("totals")
+                && warning.ends_with("; its breakdown is left out"),
+            "{warning}"
+        );
+        // --breakdown shows the VM without one too.
+        let sample = fake.collector().require_breakdown().sample();
+        assert_eq!(sample.expect("a sample").warnings.len(), 1);
+    }
+
+    #[test]
+    fn without_the_module_nothing_is_loaded_and_nothing_is_wrong() {
+        let fake = FakeDebugfs::new("no-module");
+        fake.add_vm(&format!("{NO_PID}-12"), &[("mmu_shadow_pages", "4\n")]);
+        let sample = fake.collector().sample().expect("a sample");
+        assert!(!sample.shadow_stats_loaded);
+        assert!(sample.warnings.is_empty());
+        fake.load_module();
+        let sample = fake.collector().sample().expect("a sample");
+        assert!(sample.shadow_stats_loaded);
+        assert_eq!(sample.vms[0].breakdown, None);
+        assert!(sample.warnings.is_empty(), "{:?}", sample.warnings);
     }
 
     #[test]
@@ -625,11 +675,54 @@ mod tests {
     }
 
     #[test]
+    fn guest_selects_by_the_name_on_the_owners_command_line() {
+        let fake = FakeDebugfs::new("guest");
+        for owner in [NO_PID, NO_PID + 1] {
+            fake.add_vm(&format!("{owner}-12"), &[("mmu_shadow_pages", "4\n")]);
+        }
+        let proc_root = fake.dir.with_file_name("proc");
+        let process = proc_root.join(NO_PID.to_string());
+        fs::create_dir_all(&process).expect("temp dir creatable");
+        fs::write(process.join("comm"), "qemu-system-x86\n").expect("writable");
+        fs::write(
+            process.join("cmdline"),
+            "qemu-system-x86_64\0-name\0guest=web1,debug-threads=on\0",
+        )
+        .expect("writable");
+        let ids = |args: &[&str]| {
+            let parsed = crate::args::parse(args.iter().map(std::ffi::OsString::from));
+            let Ok(crate::args::Command::Run(options)) = parsed else {
+                panic!("{args:?} parse");
+            };
+            let collector =
+                Collector::new(KvmDebugfs::at(&fake.dir), fake.shadow_stats(), &proc_root);
+            let sample = collector
+                .select(options.selection)
+                .sample()
+                .expect("a sample");
+            sample
+                .vms
+                .iter()
+                .map(|vm| (vm.id.pid, vm.guest.clone()))
+                .collect::<Vec<_>>()
+        };
+        let web1 = || (NO_PID, Some("web1".to_owned()));
+        assert_eq!(ids(&["-g", "web1"]), [web1()]);
+        assert!(ids(&["-g", "web"]).is_empty());
+        assert_eq!(
+            ids(&["-g", "web1", "-p", &(NO_PID + 1).to_string()]),
+            [web1(), (NO_PID + 1, None)]
+        );
+    }
+
+    #[test]
     fn a_vm_that_is_gone_is_skipped() {
         let fake = FakeDebugfs::new("gone");
         let collector = fake.collector();
         assert_eq!(
-            collector.read_vm(VmId::new(NO_PID, 3), true, None).ok(),
+            collector
+                .read_vm(VmId::new(NO_PID, 3), Owner::default(), true, None)
+                .ok(),
             Some(None)
         );
     }

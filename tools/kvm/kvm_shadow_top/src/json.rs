@@ -5,135 +5,187 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+
 use crate::fields::FIELDS;
-use crate::sample::{Breakdown, Sample, Vm};
+use crate::sample::{Breakdown, Reading, Sample, Vm};
+
+/// The version of the document's layout: raised when a key changes its meaning or goes
+/// away, not when one is added. Version 1 had no `schema`, and `total` where 2 has `totals`.
+pub const SCHEMA: u32 = 2;
 
 pub fn render(sample: &Sample) -> String {
-    let mut out = String::from("{\"time\":");
-    push_time(&mut out, sample.time);
-    out.push_str(",\"vms\":[");
-    for (index, vm) in sample.vms.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        push_vm(&mut out, vm);
-    }
-    out.push_str("],\"total\":{");
     let totals = sample.totals();
-    for (index, field) in FIELDS.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        push_string(&mut out, field.stat);
-        out.push_str(&format!(
-            ":{{\"value\":{},\"per_second\":",
-            totals.values[index]
-        ));
-        push_rate(&mut out, totals.rates[index]);
-        out.push('}');
-    }
-    out.push_str("}}\n");
+    let document = Document {
+        schema: SCHEMA,
+        time: seconds_since_epoch(sample.time),
+        vms: sample.vms.iter().map(VmObject::from).collect(),
+        totals: ByStat(
+            totals
+                .values
+                .iter()
+                .zip(totals.rates)
+                .map(|(&value, per_second)| {
+                    Some(Total {
+                        value,
+                        per_second: finite(per_second),
+                    })
+                })
+                .collect(),
+        ),
+    };
+    let mut out = serde_json::to_string(&document).expect("the document holds only JSON types");
+    out.push('\n');
     out
 }
 
-fn push_vm(out: &mut String, vm: &Vm) {
-    out.push_str(&format!(
-        "{{\"pid\":{},\"fd\":{},\"duplicate\":{},\"comm\":",
-        vm.id.pid, vm.id.fd, vm.id.duplicate
-    ));
-    push_optional_string(out, vm.comm.as_deref());
-    out.push_str(",\"guest\":");
-    push_optional_string(out, vm.guest.as_deref());
-    out.push_str(",\"stats\":{");
-    for (index, field) in FIELDS.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
+#[derive(Serialize)]
+struct Document<'a> {
+    schema: u32,
+    time: Option<f64>,
+    vms: Vec<VmObject<'a>>,
+    totals: ByStat<Total>,
+}
+
+#[derive(Serialize)]
+struct VmObject<'a> {
+    pid: u32,
+    fd: i32,
+    duplicate: u32,
+    comm: Option<&'a str>,
+    guest: Option<&'a str>,
+    stats: ByStat<Stat>,
+    breakdown: Option<BreakdownObject>,
+}
+
+impl<'a> From<&'a Vm> for VmObject<'a> {
+    fn from(vm: &'a Vm) -> Self {
+        Self {
+            pid: vm.id.pid,
+            fd: vm.id.fd,
+            duplicate: vm.id.duplicate,
+            comm: vm.comm.as_deref(),
+            guest: vm.guest.as_deref(),
+            stats: ByStat(
+                vm.readings
+                    .iter()
+                    .zip(vm.rates)
+                    .map(|(reading, rate)| reading.map(|reading| Stat::new(reading, rate)))
+                    .collect(),
+            ),
+            breakdown: vm.breakdown.as_ref().map(BreakdownObject::from),
         }
-        push_string(out, field.stat);
-        out.push(':');
-        let Some(reading) = vm.readings[index] else {
-            out.push_str("null");
-            continue;
-        };
-        out.push_str(&format!("{{\"value\":{},\"source\":", reading.value));
-        push_string(out, reading.source.name());
-        out.push_str(",\"per_second\":");
-        push_rate(out, vm.rates[index]);
-        out.push('}');
     }
-    out.push_str("},\"breakdown\":");
-    match &vm.breakdown {
-        Some(breakdown) => push_breakdown(out, breakdown),
-        None => out.push_str("null"),
+}
+
+/// One entry per field of [`FIELDS`], keyed by KVM's name of the stat, in [`FIELDS`]' order;
+/// `null` where there is no value.
+struct ByStat<T>(Vec<Option<T>>);
+
+impl<T: Serialize> Serialize for ByStat<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(FIELDS.len()))?;
+        for (field, entry) in FIELDS.iter().zip(&self.0) {
+            map.serialize_entry(field.stat, entry)?;
+        }
+        map.end()
     }
-    out.push('}');
+}
+
+#[derive(Serialize)]
+struct Stat {
+    value: u64,
+    source: &'static str,
+    per_second: Option<f64>,
+}
+
+impl Stat {
+    fn new(reading: Reading, rate: Option<f64>) -> Self {
+        Self {
+            value: reading.value,
+            source: reading.source.name(),
+            per_second: finite(rate),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Total {
+    value: u64,
+    per_second: Option<f64>,
 }
 
 /// kvm_shadow_stats' `pages` file as `buckets`, its `totals` file as `totals`, with the keys
 /// this tool knows.
-fn push_breakdown(out: &mut String, breakdown: &Breakdown) {
-    out.push_str("{\"buckets\":[");
-    for (index, bucket) in breakdown.buckets().iter().enumerate() {
-        if index > 0 {
-            out.push(',');
+#[derive(Serialize)]
+struct BreakdownObject {
+    buckets: Vec<BucketObject>,
+    totals: BreakdownTotals,
+}
+
+#[derive(Serialize)]
+struct BucketObject {
+    level: u8,
+    direct: bool,
+    guest_mode: bool,
+    smm: bool,
+    pages: u64,
+    allocated: u64,
+    zapped: u64,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct BreakdownTotals {
+    pages: u64,
+    peak: u64,
+    allocated: u64,
+    zapped: u64,
+    bytes: u64,
+    page_table_bytes: u64,
+}
+
+impl From<&Breakdown> for BreakdownObject {
+    fn from(breakdown: &Breakdown) -> Self {
+        let buckets = breakdown
+            .buckets()
+            .iter()
+            .map(|bucket| BucketObject {
+                level: bucket.role.level,
+                direct: bucket.role.direct,
+                guest_mode: bucket.role.guest_mode,
+                smm: bucket.role.smm,
+                pages: bucket.pages,
+                allocated: bucket.allocated,
+                zapped: bucket.zapped,
+                bytes: bucket.bytes,
+            })
+            .collect();
+        let (sums, peak) = (&breakdown.totals.sums, breakdown.totals.peak);
+        Self {
+            buckets,
+            totals: BreakdownTotals {
+                pages: sums.pages,
+                peak,
+                allocated: sums.allocated,
+                zapped: sums.zapped,
+                bytes: sums.bytes,
+                page_table_bytes: sums.page_table_bytes,
+            },
         }
-        let role = bucket.role;
-        out.push_str(&format!(
-            "{{\"level\":{},\"direct\":{},\"guest_mode\":{},\"smm\":{},\"pages\":{},\"allocated\":{},\"zapped\":{},\"bytes\":{}}}",
-            role.level,
-            role.direct,
-            role.guest_mode,
-            role.smm,
-            bucket.pages,
-            bucket.allocated,
-            bucket.zapped,
-            bucket.bytes
-        ));
     }
-    let (sums, peak) = (&breakdown.totals.sums, breakdown.totals.peak);
-    out.push_str(&format!(
-        "],\"totals\":{{\"pages\":{},\"peak\":{},\"allocated\":{},\"zapped\":{},\"bytes\":{},\"page_table_bytes\":{}}}}}",
-        sums.pages, peak, sums.allocated, sums.zapped, sums.bytes, sums.page_table_bytes
-    ));
 }
 
 /// Seconds since the epoch, to the millisecond.
-fn push_time(out: &mut String, time: SystemTime) {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(since) => out.push_str(&format!("{}.{:03}", since.as_secs(), since.subsec_millis())),
-        Err(_) => out.push_str("null"),
-    }
+fn seconds_since_epoch(time: SystemTime) -> Option<f64> {
+    let since = time.duration_since(UNIX_EPOCH).ok()?;
+    Some(since.as_millis() as f64 / 1000.0)
 }
 
-fn push_rate(out: &mut String, rate: Option<f64>) {
-    match rate {
-        // Rust prints floats without exponents, which JSON's grammar also accepts.
-        Some(rate) if rate.is_finite() => out.push_str(&rate.to_string()),
-        _ => out.push_str("null"),
-    }
-}
-
-fn push_optional_string(out: &mut String, text: Option<&str>) {
-    match text {
-        Some(text) => push_string(out, text),
-        None => out.push_str("null"),
-    }
-}
-
-fn push_string(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// A rate JSON can hold: it has no infinities nor NaN.
+fn finite(rate: Option<f64>) -> Option<f64> {
+    rate.filter(|rate| rate.is_finite())
 }
 
 #[cfg(test)]
@@ -145,7 +197,8 @@ mod tests {
 
     /// Checks `document` against the documented schema and returns its VMs.
     fn check_schema(document: &Value) -> &Vec<Value> {
-        let top = object(document, &["time", "vms", "total"]);
+        let top = object(document, &["schema", "time", "vms", "totals"]);
+        assert_eq!(top["schema"], SCHEMA);
         assert!(top["time"].is_number());
         let vms = top["vms"].as_array().expect("vms is an array");
         let stats: Vec<&str> = FIELDS.iter().map(|field| field.stat).collect();
@@ -180,7 +233,7 @@ mod tests {
                 assert!(stat["per_second"].is_number() || stat["per_second"].is_null());
             }
         }
-        for total in object(&top["total"], &stats).values() {
+        for total in object(&top["totals"], &stats).values() {
             let total = object(total, &["value", "per_second"]);
             assert!(total["value"].is_u64());
             assert!(total["per_second"].is_number() || total["per_second"].is_null());
@@ -245,8 +298,8 @@ mod tests {
         assert_eq!(vms[1]["comm"], Value::Null);
         assert_eq!(vms[1]["stats"]["mmu_shadow_zapped"], Value::Null);
         assert_eq!(vms[1]["stats"]["mmu_cache_miss"]["source"], "debugfs");
-        assert_eq!(document["total"]["mmu_shadow_pages"]["value"], 1003);
-        assert_eq!(document["total"]["mmu_shadow_zapped"]["per_second"], 31.0);
+        assert_eq!(document["totals"]["mmu_shadow_pages"]["value"], 1003);
+        assert_eq!(document["totals"]["mmu_shadow_zapped"]["per_second"], 31.0);
 
         let breakdown = &vms[0]["breakdown"];
         assert_eq!(breakdown["buckets"].as_array().map(Vec::len), Some(8));
@@ -297,21 +350,51 @@ mod tests {
         let text = render(&sample);
         let document: Value = serde_json::from_str(&text).expect("valid JSON");
         assert!(check_schema(&document).is_empty());
-        assert_eq!(document["total"]["mmu_shadow_pages"]["value"], 0);
+        assert_eq!(document["totals"]["mmu_shadow_pages"]["value"], 0);
         assert_eq!(
-            document["total"]["mmu_shadow_pages"]["per_second"],
+            document["totals"]["mmu_shadow_pages"]["per_second"],
             Value::Null
         );
     }
 
     #[test]
-    fn strings_are_escaped() {
-        let mut out = String::new();
-        push_string(&mut out, "a\"b\\c\n\t\u{1}\u{7f}é");
-        assert_eq!(out, "\"a\\\"b\\\\c\\n\\t\\u0001\u{7f}é\"");
-        assert_eq!(
-            serde_json::from_str::<String>(&out).expect("valid JSON"),
-            "a\"b\\c\n\t\u{1}\u{7f}é"
-        );
+    fn names_are_given_back_as_they_were() {
+        let mut sample = fixtures::two_vms();
+        let awkward = "a\"b\\c\n\t\u{1}\u{7f}é";
+        sample.vms[0].comm = Some(awkward.to_owned());
+        let text = render(&sample);
+        assert_eq!(text.lines().count(), 1);
+        let document: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(document["vms"][0]["comm"], awkward);
+    }
+
+    #[test]
+    fn rates_json_cannot_hold_are_null() {
+        let mut sample = fixtures::two_vms();
+        sample.vms[0].rates[0] = Some(f64::NAN);
+        sample.vms[1].rates[0] = Some(f64::INFINITY);
+        let document: Value = serde_json::from_str(&render(&sample)).expect("valid JSON");
+        check_schema(&document);
+        for vm in 0..2 {
+            assert_eq!(
+                document["vms"][vm]["stats"]["mmu_shadow_pages"]["per_second"],
+                Value::Null
+            );
+        }
+    }
+
+    /// Tools that match a VM's stats as text, with no JSON parser at hand, rely on the order.
+    #[test]
+    fn stats_come_in_the_order_of_the_fields() {
+        let text = render(&fixtures::two_vms());
+        let positions: Vec<usize> = FIELDS
+            .iter()
+            .map(|field| {
+                text.find(&format!("\"{}\":{{\"value\"", field.stat))
+                    .expect("the stat")
+            })
+            .collect();
+        assert!(positions.is_sorted(), "{positions:?}");
+        assert!(text.starts_with("{\"schema\":2,\"time\":1700000000.25,\"vms\":[{\"pid\":4242,"));
     }
 }

@@ -6,9 +6,18 @@
 use std::fs;
 use std::path::Path;
 
-/// The command name and guest name of process `pid`, `None` for what cannot be read, e.g.
+/// What the tool shows of the process that created a VM, `None` for what cannot be read, e.g.
 /// because the process has exited while its VM lives on in another.
-pub fn owner(proc_root: &Path, pid: u32) -> (Option<String>, Option<String>) {
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// `/proc/<pid>/comm`.
+    pub comm: Option<String>,
+    /// The guest name on its command line, as [`guest_name`] finds it.
+    pub guest: Option<String>,
+}
+
+/// Process `pid` of the procfs at `proc_root`.
+pub fn owner(proc_root: &Path, pid: u32) -> Owner {
     let dir = proc_root.join(pid.to_string());
     let comm = fs::read(dir.join("comm"))
         .ok()
@@ -20,7 +29,7 @@ pub fn owner(proc_root: &Path, pid: u32) -> (Option<String>, Option<String>) {
             .collect();
         guest_name(args.iter().map(|arg| arg.as_ref()))
     });
-    (comm, guest)
+    Owner { comm, guest }
 }
 
 /// The guest name given to QEMU with `-name`, found the way `kvm_stat -g` finds it: the value
@@ -119,7 +128,7 @@ mod tests {
 
     #[test]
     fn reads_this_process() {
-        let (comm, guest) = owner(Path::new("/proc"), std::process::id());
+        let Owner { comm, guest } = owner(Path::new("/proc"), std::process::id());
         // The test harness names its threads, so only the main thread's comm is certain to be
         // a prefix of the executable's name.
         let exe = std::env::current_exe().expect("own executable");
@@ -131,6 +140,6 @@ mod tests {
     #[test]
     fn a_process_that_is_gone_has_nothing() {
         // Above the largest pid_max the kernel allows.
-        assert_eq!(owner(Path::new("/proc"), 1 << 23), (None, None));
+        assert_eq!(owner(Path::new("/proc"), 1 << 23), Owner::default());
     }
 }

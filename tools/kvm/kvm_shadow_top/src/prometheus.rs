@@ -1,91 +1,144 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The Prometheus text exposition format, for node_exporter's textfile collector: one metric
-//! family per field, one sample per VM that has the value, labelled with the VM's owner.
+//! The Prometheus text exposition format, for node_exporter's textfile collector.
 //!
-//! While kvm_shadow_stats.ko is loaded, three more families say which pages they are, for the
-//! VMs it has a breakdown of.
+//! Every value series is labelled with the VM's identity alone, `pid`, `fd` and `duplicate`,
+//! which do not change while the VM lives; what may change, the owner's command name and guest
+//! name, is in the info series `kvm_shadow_mmu_vm_info`, to be joined on the identity. One
+//! family per field, then, while kvm_shadow_stats.ko is loaded, whether each VM's breakdown
+//! could be read and what it says, a fixed set of series per VM.
 //!
 //! There is no total: it is `sum()` of the family, and a series that repeats the sum of others
 //! would be counted twice by every such query.
 
-use kvm_stats::breakdown::Bucket;
+use kvm_stats::breakdown::LEVELS;
+use kvm_stats::debugfs::VmId;
 
 use crate::fields::{FIELDS, Kind};
-use crate::sample::{Sample, Vm};
+use crate::sample::{Breakdown, Sample, Vm};
 
-pub const PAGES_BY_ROLE: &str = "kvm_shadow_mmu_pages_by_role";
-pub const BYTES: &str = "kvm_shadow_mmu_bytes";
-pub const PEAK_PAGES: &str = "kvm_shadow_mmu_peak_pages";
+pub const VM_INFO: &str = "kvm_shadow_mmu_vm_info";
+pub const BREAKDOWN_UP: &str = "kvm_shadow_mmu_breakdown_up";
+pub const LEVEL_PAGES: &str = "kvm_shadow_mmu_level_pages";
+
+/// A number of a VM's breakdown, one series per VM that has one.
+struct BreakdownGauge {
+    metric: &'static str,
+    help: &'static str,
+    value: fn(&Breakdown) -> u64,
+}
+
+const BREAKDOWN_GAUGES: [BreakdownGauge; 5] = [
+    BreakdownGauge {
+        metric: "kvm_shadow_mmu_direct_pages",
+        help: "Shadow MMU pages of the VM that no guest page table backs \
+               (kvm_shadow_stats.ko's breakdown).",
+        value: Breakdown::direct_pages,
+    },
+    BreakdownGauge {
+        metric: "kvm_shadow_mmu_l2_pages",
+        help: "Shadow MMU pages of the VM's L2 (nested) guests, role guest_mode \
+               (kvm_shadow_stats.ko's breakdown).",
+        value: Breakdown::guest_mode_pages,
+    },
+    BreakdownGauge {
+        metric: "kvm_shadow_mmu_smm_pages",
+        help: "Shadow MMU pages of the VM in System Management Mode \
+               (kvm_shadow_stats.ko's breakdown).",
+        value: Breakdown::smm_pages,
+    },
+    BreakdownGauge {
+        metric: "kvm_shadow_mmu_memory_bytes",
+        help: "Host memory the VM's shadow MMU pages hold: their page tables and the shadowed \
+               translations of indirect ones (kvm_shadow_stats.ko's breakdown).",
+        value: |breakdown| breakdown.totals.sums.bytes,
+    },
+    BreakdownGauge {
+        metric: "kvm_shadow_mmu_peak_pages",
+        help: "Most shadow MMU pages the VM held since kvm_shadow_stats.ko attached it or its \
+               peak was last reset (kvm_shadow_stats.ko's breakdown).",
+        value: |breakdown| breakdown.totals.peak,
+    },
+];
 
 pub fn render(sample: &Sample) -> String {
     let mut out = String::new();
+    push_family(
+        &mut out,
+        VM_INFO,
+        Kind::Gauge,
+        "Always 1: a VM, named by pid, fd and duplicate as in debugfs, with its owner's \
+         command name (comm) and guest name (guest, from QEMU's -name), which may change and \
+         so label no other series.",
+        sample.vms.iter().map(|vm| (info_labels(vm), 1)),
+    );
     for (index, field) in FIELDS.iter().enumerate() {
-        push_header(&mut out, field.metric, field.kind, field.help);
-        for vm in &sample.vms {
-            if let Some(reading) = vm.readings[index] {
-                push_sample(&mut out, field.metric, &labels(vm, None), reading.value);
-            }
-        }
+        push_family(
+            &mut out,
+            field.metric,
+            field.kind,
+            field.help,
+            sample.vms.iter().filter_map(|vm| {
+                let reading = vm.readings[index]?;
+                Some((vm_labels(vm.id, ""), reading.value))
+            }),
+        );
     }
-
+    push_family(
+        &mut out,
+        BREAKDOWN_UP,
+        Kind::Gauge,
+        "While kvm_shadow_stats.ko is loaded, 1 if the VM's breakdown was read, 0 if it could \
+         not be (kvm_shadow_top says why on standard error).",
+        sample
+            .vms
+            .iter()
+            .filter(|_| sample.shadow_stats_loaded)
+            .map(|vm| (vm_labels(vm.id, ""), u64::from(vm.breakdown.is_some()))),
+    );
     let breakdowns = || {
         sample
             .vms
             .iter()
-            .filter_map(|vm| vm.breakdown.as_ref().map(|breakdown| (vm, breakdown)))
+            .filter_map(|vm| Some((vm.id, vm.breakdown.as_ref()?)))
     };
-    push_header(
-        &mut out,
-        PAGES_BY_ROLE,
-        Kind::Gauge,
-        "Shadow MMU pages the VM holds, by page table level, direct (no guest page table \
-         behind them), guest_mode (an L2 guest's) and smm (kvm_shadow_stats.ko's breakdown).",
-    );
-    for (vm, breakdown) in breakdowns() {
-        for bucket in breakdown.buckets() {
-            push_sample(
-                &mut out,
-                PAGES_BY_ROLE,
-                &labels(vm, Some(bucket)),
-                bucket.pages,
-            );
-        }
-    }
-    push_header(
-        &mut out,
-        BYTES,
-        Kind::Gauge,
-        "Host memory the VM's shadow MMU pages hold: their page tables and the shadowed \
-         translations of indirect ones (kvm_shadow_stats.ko's breakdown).",
-    );
-    for (vm, breakdown) in breakdowns() {
-        push_sample(
+    for gauge in &BREAKDOWN_GAUGES {
+        push_family(
             &mut out,
-            BYTES,
-            &labels(vm, None),
-            breakdown.totals.sums.bytes,
+            gauge.metric,
+            Kind::Gauge,
+            gauge.help,
+            breakdowns().map(|(id, breakdown)| (vm_labels(id, ""), (gauge.value)(breakdown))),
         );
     }
-    push_header(
+    push_family(
         &mut out,
-        PEAK_PAGES,
+        LEVEL_PAGES,
         Kind::Gauge,
-        "Most shadow MMU pages the VM held since kvm_shadow_stats.ko attached it or its peak \
-         was last reset (kvm_shadow_stats.ko's breakdown).",
+        "Shadow MMU pages of the VM by page table level, 1 mapping 4 KiB pages, up to 5, the \
+         root of 5-level paging; every level always has a series (kvm_shadow_stats.ko's \
+         breakdown).",
+        breakdowns().flat_map(|(id, breakdown)| {
+            LEVELS.map(move |level| {
+                (
+                    vm_labels(id, &format!(",level=\"{level}\"")),
+                    breakdown.pages_where(|role| role.level == level),
+                )
+            })
+        }),
     );
-    for (vm, breakdown) in breakdowns() {
-        push_sample(
-            &mut out,
-            PEAK_PAGES,
-            &labels(vm, None),
-            breakdown.totals.peak,
-        );
-    }
     out
 }
 
-fn push_header(out: &mut String, metric: &str, kind: Kind, help: &str) {
+/// `# HELP` and `# TYPE` of `metric`, always there, then its `samples`, pairs of labels and
+/// value.
+fn push_family(
+    out: &mut String,
+    metric: &str,
+    kind: Kind,
+    help: &str,
+    samples: impl Iterator<Item = (String, u64)>,
+) {
     let kind = match kind {
         Kind::Gauge => "gauge",
         Kind::Counter => "counter",
@@ -94,32 +147,29 @@ fn push_header(out: &mut String, metric: &str, kind: Kind, help: &str) {
         "# HELP {metric} {}\n# TYPE {metric} {kind}\n",
         escape(help, false)
     ));
+    for (labels, value) in samples {
+        out.push_str(&format!("{metric}{labels} {value}\n"));
+    }
 }
 
-fn push_sample(out: &mut String, metric: &str, labels: &str, value: u64) {
-    out.push_str(&format!("{metric}{labels} {value}\n"));
-}
-
-/// `pid`, `fd` and `duplicate` name the VM as its debugfs directory does, so they are unique;
-/// `comm` and `guest` say what it is, empty where unknown. A `bucket`'s role follows, each part
-/// as kvm_shadow_stats' `pages` file writes it.
-fn labels(vm: &Vm, bucket: Option<&Bucket>) -> String {
-    let role = bucket.map_or_else(String::new, |bucket| {
-        format!(
-            ",level=\"{}\",direct=\"{}\",guest_mode=\"{}\",smm=\"{}\"",
-            bucket.role.level,
-            u8::from(bucket.role.direct),
-            u8::from(bucket.role.guest_mode),
-            u8::from(bucket.role.smm)
-        )
-    });
+/// The VM's identity, `pid`, `fd` and `duplicate`, as its debugfs directory names it, so that
+/// no two VMs share it and it holds for the VM's life; then `more` labels.
+fn vm_labels(id: VmId, more: &str) -> String {
     format!(
-        "{{pid=\"{}\",fd=\"{}\",duplicate=\"{}\",comm=\"{}\",guest=\"{}\"{role}}}",
-        vm.id.pid,
-        vm.id.fd,
-        vm.id.duplicate,
-        escape(vm.comm.as_deref().unwrap_or_default(), true),
-        escape(vm.guest.as_deref().unwrap_or_default(), true)
+        "{{pid=\"{}\",fd=\"{}\",duplicate=\"{}\"{more}}}",
+        id.pid, id.fd, id.duplicate
+    )
+}
+
+/// The VM's identity and what it is: `comm` and `guest`, empty where unknown.
+fn info_labels(vm: &Vm) -> String {
+    vm_labels(
+        vm.id,
+        &format!(
+            ",comm=\"{}\",guest=\"{}\"",
+            escape(vm.comm.as_deref().unwrap_or_default(), true),
+            escape(vm.guest.as_deref().unwrap_or_default(), true)
+        ),
     )
 }
 
@@ -146,34 +196,58 @@ mod tests {
     use super::*;
     use crate::sample::fixtures;
 
-    const TWO_VMS: &str = r#"# HELP kvm_shadow_mmu_pages Pages the VM's shadow MMU holds (KVM stat mmu_shadow_pages).
+    /// [`fixtures::two_vms`] by hand: the web VM's 1000 pages hold 203 direct (200 + 3), 153
+    /// of L2 (150 + 3) and 1 in SMM, 951 at level 1 (600 + 200 + 150 + 1), 40, 4 and 5 (2 + 3)
+    /// at levels 2 to 4; the idle VM has no breakdown while the module is loaded.
+    const TWO_VMS: &str = r#"# HELP kvm_shadow_mmu_vm_info Always 1: a VM, named by pid, fd and duplicate as in debugfs, with its owner's command name (comm) and guest name (guest, from QEMU's -name), which may change and so label no other series.
+# TYPE kvm_shadow_mmu_vm_info gauge
+kvm_shadow_mmu_vm_info{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 1
+kvm_shadow_mmu_vm_info{pid="77",fd="9",duplicate="0",comm="",guest=""} 1
+# HELP kvm_shadow_mmu_pages Pages the VM's shadow MMU holds (KVM stat mmu_shadow_pages).
 # TYPE kvm_shadow_mmu_pages gauge
-kvm_shadow_mmu_pages{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 1000
-kvm_shadow_mmu_pages{pid="77",fd="9",duplicate="0",comm="",guest=""} 3
+kvm_shadow_mmu_pages{pid="4242",fd="11",duplicate="0"} 1000
+kvm_shadow_mmu_pages{pid="77",fd="9",duplicate="0"} 3
 # HELP kvm_shadow_mmu_pages_allocated_total Shadow MMU pages the VM has allocated (KVM stat mmu_cache_miss).
 # TYPE kvm_shadow_mmu_pages_allocated_total counter
-kvm_shadow_mmu_pages_allocated_total{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 90230
-kvm_shadow_mmu_pages_allocated_total{pid="77",fd="9",duplicate="0",comm="",guest=""} 3
+kvm_shadow_mmu_pages_allocated_total{pid="4242",fd="11",duplicate="0"} 90230
+kvm_shadow_mmu_pages_allocated_total{pid="77",fd="9",duplicate="0"} 3
 # HELP kvm_shadow_mmu_pages_zapped_total Shadow MMU pages the VM has zapped (KVM stat mmu_shadow_zapped).
 # TYPE kvm_shadow_mmu_pages_zapped_total counter
-kvm_shadow_mmu_pages_zapped_total{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 89230
-# HELP kvm_shadow_mmu_pages_by_role Shadow MMU pages the VM holds, by page table level, direct (no guest page table behind them), guest_mode (an L2 guest's) and smm (kvm_shadow_stats.ko's breakdown).
-# TYPE kvm_shadow_mmu_pages_by_role gauge
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="0",guest_mode="0",smm="0"} 600
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="2",direct="0",guest_mode="0",smm="0"} 40
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="3",direct="0",guest_mode="0",smm="0"} 4
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="4",direct="0",guest_mode="0",smm="0"} 2
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="1",guest_mode="0",smm="0"} 200
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="0",guest_mode="1",smm="0"} 150
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="4",direct="1",guest_mode="1",smm="0"} 3
-kvm_shadow_mmu_pages_by_role{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx",level="1",direct="0",guest_mode="0",smm="1"} 1
-# HELP kvm_shadow_mmu_bytes Host memory the VM's shadow MMU pages hold: their page tables and the shadowed translations of indirect ones (kvm_shadow_stats.ko's breakdown).
-# TYPE kvm_shadow_mmu_bytes gauge
-kvm_shadow_mmu_bytes{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 7352320
+kvm_shadow_mmu_pages_zapped_total{pid="4242",fd="11",duplicate="0"} 89230
+# HELP kvm_shadow_mmu_breakdown_up While kvm_shadow_stats.ko is loaded, 1 if the VM's breakdown was read, 0 if it could not be (kvm_shadow_top says why on standard error).
+# TYPE kvm_shadow_mmu_breakdown_up gauge
+kvm_shadow_mmu_breakdown_up{pid="4242",fd="11",duplicate="0"} 1
+kvm_shadow_mmu_breakdown_up{pid="77",fd="9",duplicate="0"} 0
+# HELP kvm_shadow_mmu_direct_pages Shadow MMU pages of the VM that no guest page table backs (kvm_shadow_stats.ko's breakdown).
+# TYPE kvm_shadow_mmu_direct_pages gauge
+kvm_shadow_mmu_direct_pages{pid="4242",fd="11",duplicate="0"} 203
+# HELP kvm_shadow_mmu_l2_pages Shadow MMU pages of the VM's L2 (nested) guests, role guest_mode (kvm_shadow_stats.ko's breakdown).
+# TYPE kvm_shadow_mmu_l2_pages gauge
+kvm_shadow_mmu_l2_pages{pid="4242",fd="11",duplicate="0"} 153
+# HELP kvm_shadow_mmu_smm_pages Shadow MMU pages of the VM in System Management Mode (kvm_shadow_stats.ko's breakdown).
+# TYPE kvm_shadow_mmu_smm_pages gauge
+kvm_shadow_mmu_smm_pages{pid="4242",fd="11",duplicate="0"} 1
+# HELP kvm_shadow_mmu_memory_bytes Host memory the VM's shadow MMU pages hold: their page tables and the shadowed translations of indirect ones (kvm_shadow_stats.ko's breakdown).
+# TYPE kvm_shadow_mmu_memory_bytes gauge
+kvm_shadow_mmu_memory_bytes{pid="4242",fd="11",duplicate="0"} 7352320
 # HELP kvm_shadow_mmu_peak_pages Most shadow MMU pages the VM held since kvm_shadow_stats.ko attached it or its peak was last reset (kvm_shadow_stats.ko's breakdown).
 # TYPE kvm_shadow_mmu_peak_pages gauge
-kvm_shadow_mmu_peak_pages{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86",guest="web \"one\", \\ctl\nx"} 1100
+kvm_shadow_mmu_peak_pages{pid="4242",fd="11",duplicate="0"} 1100
+# HELP kvm_shadow_mmu_level_pages Shadow MMU pages of the VM by page table level, 1 mapping 4 KiB pages, up to 5, the root of 5-level paging; every level always has a series (kvm_shadow_stats.ko's breakdown).
+# TYPE kvm_shadow_mmu_level_pages gauge
+kvm_shadow_mmu_level_pages{pid="4242",fd="11",duplicate="0",level="1"} 951
+kvm_shadow_mmu_level_pages{pid="4242",fd="11",duplicate="0",level="2"} 40
+kvm_shadow_mmu_level_pages{pid="4242",fd="11",duplicate="0",level="3"} 4
+kvm_shadow_mmu_level_pages{pid="4242",fd="11",duplicate="0",level="4"} 5
+kvm_shadow_mmu_level_pages{pid="4242",fd="11",duplicate="0",level="5"} 0
 "#;
+
+    /// The metrics of kvm_shadow_stats.ko's breakdown.
+    fn breakdown_metrics() -> Vec<&'static str> {
+        let mut metrics = vec![BREAKDOWN_UP, LEVEL_PAGES];
+        metrics.extend(BREAKDOWN_GAUGES.iter().map(|gauge| gauge.metric));
+        metrics
+    }
 
     #[test]
     fn exposition_of_two_vms() {
@@ -183,22 +257,27 @@ kvm_shadow_mmu_peak_pages{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86
     #[test]
     fn a_duplicate_of_a_name_has_series_of_its_own() {
         let text = render(&fixtures::duplicate_name());
-        let labels = |duplicate| {
-            format!(
-                "{{pid=\"5\",fd=\"10\",duplicate=\"{duplicate}\",comm=\"qemu-system-x86\",guest=\"\""
-            )
-        };
         let samples: Vec<&str> = text.lines().filter(|line| !line.starts_with('#')).collect();
+        let first = r#"{pid="5",fd="10",duplicate="0""#;
+        let second = r#"{pid="5",fd="10",duplicate="1""#;
         assert_eq!(
             samples,
             [
-                format!("kvm_shadow_mmu_pages{}}} 3", labels(0)),
-                format!(
-                    "kvm_shadow_mmu_pages_by_role{},level=\"1\",direct=\"0\",guest_mode=\"0\",smm=\"0\"}} 2",
-                    labels(1)
-                ),
-                format!("kvm_shadow_mmu_bytes{}}} 16384", labels(1)),
-                format!("kvm_shadow_mmu_peak_pages{}}} 2", labels(1)),
+                format!(r#"kvm_shadow_mmu_vm_info{first},comm="qemu-system-x86",guest=""}} 1"#),
+                format!(r#"kvm_shadow_mmu_vm_info{second},comm="qemu-system-x86",guest=""}} 1"#),
+                format!("kvm_shadow_mmu_pages{first}}} 3"),
+                format!("kvm_shadow_mmu_breakdown_up{first}}} 0"),
+                format!("kvm_shadow_mmu_breakdown_up{second}}} 1"),
+                format!("kvm_shadow_mmu_direct_pages{second}}} 0"),
+                format!("kvm_shadow_mmu_l2_pages{second}}} 0"),
+                format!("kvm_shadow_mmu_smm_pages{second}}} 0"),
+                format!("kvm_shadow_mmu_memory_bytes{second}}} 16384"),
+                format!("kvm_shadow_mmu_peak_pages{second}}} 2"),
+                format!(r#"kvm_shadow_mmu_level_pages{second},level="1"}} 2"#),
+                format!(r#"kvm_shadow_mmu_level_pages{second},level="2"}} 0"#),
+                format!(r#"kvm_shadow_mmu_level_pages{second},level="3"}} 0"#),
+                format!(r#"kvm_shadow_mmu_level_pages{second},level="4"}} 0"#),
+                format!(r#"kvm_shadow_mmu_level_pages{second},level="5"}} 0"#),
             ]
         );
     }
@@ -206,24 +285,39 @@ kvm_shadow_mmu_peak_pages{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86
     #[test]
     fn without_the_module_the_breakdown_families_are_empty() {
         let mut sample = fixtures::two_vms();
+        sample.shadow_stats_loaded = false;
         for vm in &mut sample.vms {
             vm.breakdown = None;
         }
         let text = render(&sample);
-        assert!(
-            text.starts_with(
-                TWO_VMS
-                    .split("# HELP kvm_shadow_mmu_pages_by_role")
-                    .next()
-                    .unwrap_or_default()
-            )
-        );
-        for metric in [PAGES_BY_ROLE, BYTES, PEAK_PAGES] {
+        let kvm_part = TWO_VMS
+            .split("# HELP kvm_shadow_mmu_breakdown_up")
+            .next()
+            .unwrap_or_default();
+        assert!(text.starts_with(kvm_part));
+        for metric in breakdown_metrics() {
             assert!(
                 text.contains(&format!("\n# TYPE {metric} gauge\n")),
                 "{metric}"
             );
             assert!(!text.contains(&format!("\n{metric}{{")), "{metric}");
+        }
+    }
+
+    /// Only the info series has labels that may change while a VM lives.
+    #[test]
+    fn value_series_carry_the_vm_identity_alone() {
+        for line in render(&fixtures::two_vms()).lines() {
+            if line.starts_with('#') || line.starts_with(VM_INFO) {
+                continue;
+            }
+            let labels = &line[line.find('{').expect("labels")..line.find('}').expect("labels")];
+            assert!(
+                labels.starts_with("{pid=\"")
+                    && !labels.contains("comm")
+                    && !labels.contains("guest"),
+                "{line}"
+            );
         }
     }
 
@@ -239,10 +333,15 @@ kvm_shadow_mmu_peak_pages{pid="4242",fd="11",duplicate="0",comm="qemu-system-x86
     #[ignore = "needs promtool, from Debian's prometheus package; scripts/test runs it"]
     fn promtool_accepts_the_exposition() {
         let mut without_module = fixtures::two_vms();
+        without_module.shadow_stats_loaded = false;
         for vm in &mut without_module.vms {
             vm.breakdown = None;
         }
-        for sample in [fixtures::two_vms(), without_module] {
+        for sample in [
+            fixtures::two_vms(),
+            fixtures::duplicate_name(),
+            without_module,
+        ] {
             let mut promtool = Command::new("promtool")
                 .args(["check", "metrics"])
                 .stdin(Stdio::piped())

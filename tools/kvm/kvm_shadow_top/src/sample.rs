@@ -95,6 +95,11 @@ impl Breakdown {
     pub fn guest_mode_pages(&self) -> u64 {
         self.pages_where(|role| role.guest_mode)
     }
+
+    /// Pages of guests in System Management Mode.
+    pub fn smm_pages(&self) -> u64 {
+        self.pages_where(|role| role.smm)
+    }
 }
 
 /// Every VM at one moment, busiest first.
@@ -105,6 +110,11 @@ pub struct Sample {
     /// Monotonic time, for the rates.
     pub taken: Instant,
     pub vms: Vec<Vm>,
+    /// Whether kvm_shadow_stats.ko's directory was there from the start of the sample to its
+    /// end, so that a VM without a breakdown is one the module could not tell about.
+    pub shadow_stats_loaded: bool,
+    /// What went wrong without spoiling the sample, for standard error.
+    pub warnings: Vec<String>,
 }
 
 /// The total row: values summed over the VMs that have them, rates over the VMs seen twice.
@@ -119,7 +129,13 @@ impl Sample {
     /// by id so that rows do not swap places between refreshes.
     pub fn new(time: SystemTime, taken: Instant, mut vms: Vec<Vm>) -> Self {
         vms.sort_by_key(|vm| (Reverse(vm.pages()), vm.id));
-        Self { time, taken, vms }
+        Self {
+            time,
+            taken,
+            vms,
+            shadow_stats_loaded: false,
+            warnings: Vec::new(),
+        }
     }
 
     /// Fills in each VM's rates from `previous`, the sample before this one.
@@ -241,11 +257,13 @@ level direct guest_mode smm pages allocated zapped bytes
             "level direct guest_mode smm pages allocated zapped bytes\n1 0 0 0 2 2 0 16384\n",
             2,
         ));
-        Sample::new(
+        let mut sample = Sample::new(
             SystemTime::UNIX_EPOCH,
             Instant::now(),
             vec![duplicate, first],
-        )
+        );
+        sample.shadow_stats_loaded = true;
+        sample
     }
 
     /// A second sample of two VMs, one named, taken at a fixed time: the outputs must render it
@@ -271,6 +289,7 @@ level direct guest_mode smm pages allocated zapped bytes
         after.breakdown = Some(web_breakdown());
         let mut sample = Sample::new(time, start + Duration::from_secs(2), vec![idle, after]);
         sample.set_rates_since(&before);
+        sample.shadow_stats_loaded = true;
         sample
     }
 }
