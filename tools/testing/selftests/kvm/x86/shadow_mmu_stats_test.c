@@ -185,6 +185,21 @@ TEST(direct_shadow_pages)
 	kvm_vm_free(vm);
 }
 
+/* Every page of @before is zapped, but those of a root in use, in @root. */
+static void expect_all_zapped_but(struct sp_delta *delta,
+				  const struct sp_breakdown *before, int root)
+{
+	int b;
+
+	*delta = (struct sp_delta) {};
+	for (b = 0; b < NR_SP_BUCKETS; b++) {
+		if (b == root)
+			continue;
+		delta->pages[b] = -before->bucket[b].pages;
+		delta->zapped[b] = before->bucket[b].pages;
+	}
+}
+
 /*
  * The pages of a zap come out of the buckets they were in, as zapped, and
  * nothing is allocated; a root in use stays where it is.
@@ -287,13 +302,7 @@ TEST(limit_and_memslot_zap)
 		    count);
 	if (breakdown) {
 		vm_breakdown(vm, &bd);
-		delta = (struct sp_delta) {};
-		for (b = 0; b < NR_SP_BUCKETS; b++) {
-			if (b == root)
-				continue;
-			delta.pages[b] = -before.bucket[b].pages;
-			delta.zapped[b] = before.bucket[b].pages;
-		}
+		expect_all_zapped_but(&delta, &before, root);
 		assert_zap_step(&before, &bd, root, "Deleting the memslot");
 		assert_breakdown_step(&before, &bd, &delta, "Deleting the memslot");
 		before = bd;
@@ -399,7 +408,7 @@ TEST(smm_shadow_pages)
 	struct kvm_vm *vm;
 	u64 count, smm_count;
 	bool breakdown;
-	int root, b;
+	int root;
 
 	if (!kvm_has_cap(KVM_CAP_X86_SMM))
 		SKIP(return, "KVM_CAP_X86_SMM is unavailable");
@@ -470,13 +479,7 @@ TEST(smm_shadow_pages)
 	if (breakdown) {
 		before = after;
 		vm_breakdown(vm, &after);
-		delta = (struct sp_delta) {};
-		for (b = 0; b < NR_SP_BUCKETS; b++) {
-			if (b == root)
-				continue;
-			delta.pages[b] = -before.bucket[b].pages;
-			delta.zapped[b] = before.bucket[b].pages;
-		}
+		expect_all_zapped_but(&delta, &before, root);
 		assert_breakdown_step(&before, &after, &delta,
 				      "Deleting SMM's memslot");
 	}
