@@ -30,7 +30,10 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <unistd.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 
 #include "test_util.h"
 #include "kvm_util.h"
@@ -752,32 +755,154 @@ static void assert_page_table_bytes_step(const struct sp_breakdown *before,
 }
 
 /*
- * The page table part of the VM's bytes moves with SecPageTables when only
- * shadow pages come and go: a zap down to the lowest limit and the regrowth
- * after it, once the VM's memory, and with npt=1 L1's TDP MMU page tables,
- * are in place.
+ * The memory cgroup this test charges its VM to, so that the kernel's own
+ * count of that VM's memory can be read: created under the cgroup2 root,
+ * which is mounted at the usual place if it is not yet.
  */
-TEST(page_table_bytes_are_sec_page_tables)
+#define CGROUP_ROOT	"/sys/fs/cgroup"
+#define TEST_CGROUP	CGROUP_ROOT "/shadow_mmu_stats_test"
+
+/*
+ * The interval of the kernel's periodic flush of memory cgroup statistics
+ * (FLUSH_TIME in mm/memcontrol.c), in seconds.  A read of memory.stat
+ * flushes only past a threshold of updates, so a figure is exact only once
+ * a periodic flush has run after its last update.
+ */
+#define MEMCG_FLUSH_SECONDS	2
+
+static void enter_test_cgroup(void)
+{
+	char pid[16];
+
+	if (path_errno(CGROUP_ROOT "/cgroup.controllers", F_OK))
+		TEST_ASSERT(!mount("none", CGROUP_ROOT, "cgroup2", 0, NULL),
+			    "Failed to mount cgroup2 on %s: %s", CGROUP_ROOT,
+			    strerror(errno));
+	write_file(CGROUP_ROOT "/cgroup.subtree_control", "+memory");
+	TEST_ASSERT(!mkdir(TEST_CGROUP, 0755) || errno == EEXIST,
+		    "Failed to create %s: %s", TEST_CGROUP, strerror(errno));
+	errno = 0;
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	write_file(TEST_CGROUP "/cgroup.procs", pid);
+}
+
+static void leave_test_cgroup(void)
+{
+	char pid[16];
+
+	snprintf(pid, sizeof(pid), "%d", getpid());
+	write_file(CGROUP_ROOT "/cgroup.procs", pid);
+	TEST_ASSERT(!rmdir(TEST_CGROUP), "Failed to remove %s: %s", TEST_CGROUP,
+		    strerror(errno));
+}
+
+/*
+ * Memory the test cgroup's memory.stat counts as "kernel" but in none of
+ * the kernel's finer counts: slab objects, secondary and process page
+ * tables, stacks, per-CPU and vmalloc memory.  Of a VM whose pages are
+ * mapped already, that is the pages KVM allocates with
+ * __get_free_page(GFP_KERNEL_ACCOUNT) for itself, of which the shadow MMU
+ * has sp->shadowed_translation and the vCPU's caches of unused page tables.
+ */
+static s64 memcg_other_kernel_bytes(void)
+{
+	static const char * const finer[] = {
+		"slab", "sec_pagetables", "pagetables", "kernel_stack",
+		"percpu", "vmalloc",
+	};
+	char buf[8192], *line;
+	u64 value, kernel = 0, rest = 0;
+	bool found_kernel = false;
+	int nr_finer = 0, i;
+	char name[32];
+
+	sleep(MEMCG_FLUSH_SECONDS + 1);
+	read_file(TEST_CGROUP "/memory.stat", buf, sizeof(buf));
+	for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		if (sscanf(line, "%31s %lu", name, &value) != 2)
+			continue;
+		if (!strcmp(name, "kernel")) {
+			kernel = value;
+			found_kernel = true;
+		}
+		for (i = 0; i < ARRAY_SIZE(finer); i++) {
+			if (!strcmp(name, finer[i])) {
+				rest += value;
+				nr_finer++;
+			}
+		}
+	}
+	TEST_ASSERT(found_kernel && nr_finer == ARRAY_SIZE(finer),
+		    "%s has %s and %d of its %lu finer counts, expected all",
+		    TEST_CGROUP "/memory.stat", found_kernel ? "kernel" : "no kernel",
+		    nr_finer, ARRAY_SIZE(finer));
+	return kernel - rest;
+}
+
+/*
+ * A zap frees each page's shadowed_translation at once and allocates
+ * nothing, so it must take as much from the cgroup's other kernel memory as
+ * from bytes beyond page_table_bytes, up to what the per-CPU slab charge
+ * caches may hold: kernel counts slab objects in whole pages, slab in bytes,
+ * each CPU may keep up to two pages of charged bytes unassigned
+ * (refill_obj_stock()) and the cgroup less than one more.
+ */
+static void assert_shadowed_translation_step(const struct sp_breakdown *before,
+					     s64 memcg_before,
+					     const struct sp_breakdown *after,
+					     s64 memcg_after, const char *what)
+{
+	s64 slack = (2 * sysconf(_SC_NPROCESSORS_ONLN) + 1) * PAGE_SIZE;
+	s64 breakdown = (after->totals.bytes - after->totals.page_table_bytes) -
+			(before->totals.bytes - before->totals.page_table_bytes);
+	s64 memcg = memcg_after - memcg_before;
+
+	ksft_print_msg("%s: bytes beyond page tables %+ld, cgroup's other kernel memory %+ld\n",
+		       what, breakdown, memcg);
+	TEST_ASSERT(breakdown && llabs(breakdown - memcg) <= slack,
+		    "%s: bytes beyond page_table_bytes moved by %ld, the cgroup's other kernel memory by %ld, expected the same within %ld, not 0",
+		    what, breakdown, memcg, slack);
+}
+
+/*
+ * The VM's bytes move with the kernel's own counts when only shadow pages
+ * come and go: page_table_bytes with SecPageTables, both ways, and the rest
+ * with the memory cgroup's kernel memory outside its finer counts, on a zap
+ * down to the lowest limit.  That is once the VM's memory, and with npt=1
+ * L1's TDP MMU page tables, are in place.  Regrowth faults, and the vCPU
+ * refills its caches of unused pages by up to 40 pages each
+ * (KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE) as it does, more than the 128
+ * regions' pages it brings back, so only SecPageTables is held to it.
+ */
+TEST(bytes_are_the_kernels_counts)
 {
 	struct sp_breakdown before, after;
 	u64 sec_before, sec_after;
+	s64 memcg_before, memcg_after;
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 
 	if (!have_breakdown())
 		SKIP(return, "No " BREAKDOWN_DEBUGFS ": kvm_shadow_stats.ko is not loaded");
+	enter_test_cgroup();
 	vm = create_busy_vm(&vcpu, MANY_REGIONS);
-	if (!vm)
+	if (!vm) {
+		leave_test_cgroup();
 		SKIP(return, BUSY_VM_SKIP_REASON);
+	}
 	touch_regions(vcpu, MANY_REGIONS);
 
 	vm_breakdown(vm, &before);
 	sec_before = sec_page_tables_bytes();
+	memcg_before = memcg_other_kernel_bytes();
 	vm_ioctl(vm, KVM_SET_NR_MMU_PAGES, (void *)KVM_MIN_MMU_PAGES);
 	vm_breakdown(vm, &after);
 	sec_after = sec_page_tables_bytes();
+	memcg_after = memcg_other_kernel_bytes();
 	assert_page_table_bytes_step(&before, sec_before, &after, sec_after,
 				     "Lowering the page limit");
+	assert_shadowed_translation_step(&before, memcg_before, &after,
+					 memcg_after, "Lowering the page limit");
 
 	before = after;
 	sec_before = sec_after;
@@ -789,6 +914,7 @@ TEST(page_table_bytes_are_sec_page_tables)
 				     "Growing back");
 
 	kvm_vm_free(vm);
+	leave_test_cgroup();
 }
 
 TEST(stats_descriptor)
