@@ -33,7 +33,7 @@ use shadow_mmu_stats_selftest::breakdown::{
     Held, after_oldest_zapped, check_files, check_sum, check_vm_files, check_zap, compare_held,
     found_by_role, needed_by_role, show, show_pages,
 };
-use shadow_mmu_stats_selftest::guest::{TestVm, TouchMapping};
+use shadow_mmu_stats_selftest::guest::{RunsAs, TestVm, TouchMapping};
 use shadow_mmu_stats_selftest::host::{self, Paging};
 use shadow_mmu_stats_selftest::kvm_ext::set_nr_mmu_pages;
 use shadow_mmu_stats_selftest::module;
@@ -433,7 +433,7 @@ struct ObservedVm {
 impl ObservedVm {
     fn new(host: &Host, mapping: TouchMapping, touches: u64) -> Result<Self, NotPassed> {
         let attached = module::is_loaded(MODULE_NAME);
-        let guest = TestVm::new(&host.kvm, mapping, touches)?;
+        let guest = TestVm::new(&host.kvm, mapping, touches, RunsAs::L1)?;
         let stats = open_stats(guest.vm_fd())?;
         let vm_fd = guest.vm_fd().as_raw_fd();
         Ok(Self {
@@ -460,7 +460,7 @@ impl ObservedVm {
             TouchMapping::Small => 0,
             TouchMapping::Large => self.guest.touches(),
         };
-        needed_by_role(self.guest.guest_table_levels(), large_pages)
+        needed_by_role(self.guest.shadowed_table_levels(), large_pages)
     }
 
     /// The VM's stat, read through the stats fd and checked against its debugfs file.
@@ -595,7 +595,7 @@ fn shadow_paging(host: &Host, record: &mut Record) -> ScenarioResult {
     let (count, _) = vm.check_after_run(host, Paging::Shadow, &mut record.breakdown)?;
     record.notes.push(format!(
         "{} guest page tables walked, {STAT} {count}; needed by role: {}",
-        vm.guest.guest_table_pages(),
+        vm.guest.shadowed_table_pages(),
         show(&vm.needed())
     ));
     let global = host.global_stat(&mut record.breakdown)?;
@@ -631,7 +631,7 @@ fn direct_pages(host: &Host, record: &mut Record) -> ScenarioResult {
     record.notes.push(format!(
         "{} guest page tables and {large_pages} 2 MiB pages walked, {STAT} {count}; needed by \
          role: {}",
-        vm.guest.guest_table_pages(),
+        vm.guest.shadowed_table_pages(),
         show(&vm.needed())
     ));
     Ok(())
@@ -696,7 +696,8 @@ fn limits_and_zaps(host: &Host, record: &mut Record) -> ScenarioResult {
                 Some(recycled_by_limit),
             )?;
             // The oldest pages go first, but never the root the vCPU uses.
-            let expected = after_oldest_zapped(vm.guest.guest_table_levels(), unlimited - limited);
+            let expected =
+                after_oldest_zapped(vm.guest.shadowed_table_levels(), unlimited - limited);
             compare_held(
                 &format!("{zap}, which zaps the oldest pages but the root"),
                 &expected,
