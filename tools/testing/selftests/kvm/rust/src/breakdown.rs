@@ -18,30 +18,57 @@ pub type Held = BTreeMap<Role, u64>;
 /// Bytes of a shadow page table, which `page_table_bytes` counts once per page.
 const PAGE_TABLE_BYTES: u64 = 4096;
 
-/// The shadow pages a guest on shadow paging needs for one walk of each of its page tables,
-/// given their levels: one indirect page of an L1 guest outside SMM per guest page table, at
-/// its level, and one direct level-1 page per 2 MiB guest page that 4 KiB host pages back.
-pub fn needed_by_role(table_levels: &[u8], direct_level1: u64) -> Held {
+/// The role of a shadow page of `level` outside SMM, direct or not, of an L2 guest
+/// (`guest_mode`) or of an L1 one.
+pub fn shadow_role(level: u8, direct: bool, guest_mode: bool) -> Role {
+    Role {
+        level,
+        direct,
+        guest_mode,
+        smm: false,
+    }
+}
+
+/// The shadow pages a guest needs for one walk of each of the page tables KVM shadows for it,
+/// given their levels: one indirect page outside SMM per table, at its level, and one direct
+/// level-1 page per 2 MiB page that 4 KiB host pages back. On shadow paging the tables are the
+/// guest's and the 2 MiB pages its own, and the pages an L1 guest's; under nested NPT
+/// (`guest_mode`) the tables are L1's NPT tables and the 2 MiB pages NPT pages, and the pages
+/// are L2's.
+pub fn needed_by_role(table_levels: &[u8], direct_level1: u64, guest_mode: bool) -> Held {
     let mut held = Held::new();
     for &level in table_levels {
-        *held.entry(Role::indirect(level)).or_default() += 1;
+        *held
+            .entry(shadow_role(level, false, guest_mode))
+            .or_default() += 1;
     }
     if direct_level1 != 0 {
-        held.insert(Role::direct(1), direct_level1);
+        held.insert(shadow_role(1, true, guest_mode), direct_level1);
     }
     held
 }
 
-/// What a guest on shadow paging that walked page tables of `table_levels`, root first, in
-/// that order, holds after KVM's page limit zapped `zapped` of the pages: KVM zaps the oldest
-/// first, but not a root in use, so the root and the newest pages stay.
-pub fn after_oldest_zapped(table_levels: &[u8], zapped: u64) -> Held {
+/// What a guest that walked page tables of `table_levels`, root first, in that order, holds
+/// after KVM's page limit zapped `zapped` of the pages: KVM zaps the oldest first, but not a
+/// root in use, so the root stays.
+///
+/// On shadow paging, the newest pages stay too. Under nested NPT (`guest_mode`), KVM zaps a
+/// nested page together with every page below it that no other page points to
+/// (mmu_page_zap_pte()): the oldest page but the root is the root's only child in the test's
+/// NPT tables, which all hang below it, so any zap leaves the root alone.
+pub fn after_oldest_zapped(table_levels: &[u8], zapped: u64, guest_mode: bool) -> Held {
     let Some((&root, rest)) = table_levels.split_first() else {
         return Held::new();
     };
     let zapped = usize::try_from(zapped).unwrap_or(usize::MAX);
-    let mut held = needed_by_role(rest.get(zapped..).unwrap_or(&[]), 0);
-    *held.entry(Role::indirect(root)).or_default() += 1;
+    let rest = match guest_mode {
+        true if zapped > 0 => &[],
+        _ => rest.get(zapped..).unwrap_or(&[]),
+    };
+    let mut held = needed_by_role(rest, 0, guest_mode);
+    *held
+        .entry(shadow_role(root, false, guest_mode))
+        .or_default() += 1;
     held
 }
 
@@ -264,7 +291,7 @@ mod tests {
 
     #[test]
     fn needed_pages_follow_the_guest_tables() {
-        let needed = needed_by_role(&FIRST_RUN, 0);
+        let needed = needed_by_role(&FIRST_RUN, 0, false);
         assert_eq!(
             show(&needed),
             "{level 1 indirect L1 non-SMM: 49, level 2 indirect L1 non-SMM: 2, \
@@ -273,7 +300,7 @@ mod tests {
         let (pages, _) = after_a_run();
         assert_eq!(compare_held("VM", &needed, &pages.held()), Ok(()));
 
-        let with_large = needed_by_role(&[4, 3, 2, 1, 2], 12);
+        let with_large = needed_by_role(&[4, 3, 2, 1, 2], 12, false);
         assert_eq!(with_large.get(&Role::direct(1)), Some(&12));
         assert_eq!(with_large.values().sum::<u64>(), 17);
     }
@@ -282,7 +309,7 @@ mod tests {
     fn a_page_in_the_wrong_bucket_is_named() {
         let (pages, _) = after_a_run();
         // One level-1 page taken for an L2 guest's.
-        let needed = needed_by_role(&FIRST_RUN, 0);
+        let needed = needed_by_role(&FIRST_RUN, 0, false);
         let mut moved = pages.held();
         *moved.entry(Role::indirect(1)).or_default() -= 1;
         let l2 = Role {
@@ -307,15 +334,52 @@ mod tests {
         let mut levels = vec![4, 3, 2, 1, 2];
         levels.extend([1; 160]);
         assert_eq!(
-            after_oldest_zapped(&levels, 101),
+            after_oldest_zapped(&levels, 101, false),
             Held::from([(Role::indirect(4), 1), (Role::indirect(1), 63)])
         );
-        assert_eq!(after_oldest_zapped(&levels, 0), needed_by_role(&levels, 0));
         assert_eq!(
-            after_oldest_zapped(&levels, 1000),
+            after_oldest_zapped(&levels, 0, false),
+            needed_by_role(&levels, 0, false)
+        );
+        assert_eq!(
+            after_oldest_zapped(&levels, 1000, false),
             Held::from([(Role::indirect(4), 1)])
         );
-        assert!(after_oldest_zapped(&[], 1).is_empty());
+        assert!(after_oldest_zapped(&[], 1, false).is_empty());
+    }
+
+    #[test]
+    fn nested_pages_are_l2_pages() {
+        // The direct pages scenario as L2: L1's NPT PML4, PDPT, PD and the page table of the
+        // low memory, and a 2 MiB NPT page for each of 12 touches.
+        let needed = needed_by_role(&[4, 3, 2, 1], 12, true);
+        assert_eq!(
+            show(&needed),
+            "{level 1 indirect L2 non-SMM: 1, level 2 indirect L2 non-SMM: 1, \
+             level 3 indirect L2 non-SMM: 1, level 4 indirect L2 non-SMM: 1, \
+             level 1 direct L2 non-SMM: 12}"
+        );
+    }
+
+    #[test]
+    fn a_nested_limit_zaps_all_but_the_root() {
+        // The limits scenario as L2: L1's NPT PML4, PDPT, PD and page table of the low memory,
+        // the PD of the touches and a page table per touch; any zap takes the PDPT, and with
+        // it everything below it.
+        let mut levels = vec![4, 3, 2, 1, 2];
+        levels.extend([1; 160]);
+        let root = Held::from([(shadow_role(4, false, true), 1)]);
+        assert_eq!(after_oldest_zapped(&levels, 1, true), root);
+        assert_eq!(after_oldest_zapped(&levels, 101, true), root);
+        assert_eq!(
+            after_oldest_zapped(&levels, 0, true),
+            needed_by_role(&levels, 0, true)
+        );
+        // A level-5 root over the NPT's PML4 stays alone just the same.
+        assert_eq!(
+            after_oldest_zapped(&[5, 4, 3, 2, 1], 1, true),
+            Held::from([(shadow_role(5, false, true), 1)])
+        );
     }
 
     #[test]

@@ -460,7 +460,7 @@ impl ObservedVm {
             TouchMapping::Small => 0,
             TouchMapping::Large => self.guest.touches(),
         };
-        needed_by_role(self.guest.shadowed_table_levels(), large_pages)
+        needed_by_role(self.guest.shadowed_table_levels(), large_pages, false)
     }
 
     /// The VM's stat, read through the stats fd and checked against its debugfs file.
@@ -697,7 +697,7 @@ fn limits_and_zaps(host: &Host, record: &mut Record) -> ScenarioResult {
             )?;
             // The oldest pages go first, but never the root the vCPU uses.
             let expected =
-                after_oldest_zapped(vm.guest.shadowed_table_levels(), unlimited - limited);
+                after_oldest_zapped(vm.guest.shadowed_table_levels(), unlimited - limited, false);
             compare_held(
                 &format!("{zap}, which zaps the oldest pages but the root"),
                 &expected,
