@@ -15,6 +15,8 @@ pub const USAGE: &str = "\
 usage: kvm_shadow_top [--once | --interval SECONDS]
                       [--json | --prometheus | --textfile PATH | --breakdown]
                       [--sources] [-p PID[-FD[.N]][,...]] [-g GUEST]
+       kvm_shadow_top --record FILE [--interval SECONDS] [--until-exit PID]
+                      [--duration SECONDS] [-p PID[-FD[.N]][,...]] [-g GUEST]
 
 Shows how many shadow MMU pages each KVM VM on this host holds (KVM's
 mmu_shadow_pages), busiest first, with a total, refreshed every second.
@@ -30,6 +32,12 @@ While kvm_shadow_stats.ko is loaded, also which pages they are.
                        directory, replacing it whole on every sample
   --breakdown          each VM's shadow pages by role (level, direct, L2,
                        SMM), from kvm_shadow_stats.ko
+  --record FILE        append one JSON line per sample to FILE, each VM's
+                       breakdown by role with KVM's stats, every SECONDS
+                       (default 1), until SIGINT or SIGTERM
+  --until-exit PID     with --record: stop once process PID has exited,
+                       after one last sample
+  --duration SECONDS   with --record: stop after SECONDS
   --sources            say where each number came from: the VM's binary
                        stats fd or debugfs (JSON always says)
   -p, --pid PID[-FD[.N]][,...]
@@ -53,6 +61,8 @@ pub enum Format {
     Prometheus,
     /// Each VM's table of shadow pages by role.
     Breakdown,
+    /// One JSON line per sample for a later look: each VM's breakdown with KVM's stats.
+    Record,
 }
 
 impl Format {
@@ -68,6 +78,17 @@ pub enum Output {
     Stdout,
     /// A file that each sample replaces whole, for node_exporter's textfile collector.
     Textfile(PathBuf),
+    /// A file to which each sample is appended.
+    Record(PathBuf),
+}
+
+/// When `--record` stops on its own, besides on SIGINT or SIGTERM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stop {
+    /// Once this process has exited.
+    pub until_exit: Option<u32>,
+    /// This long after the first sample.
+    pub duration: Option<Duration>,
 }
 
 /// Which VMs to show: those that one of these picks, or every VM if there are none.
@@ -105,6 +126,7 @@ pub struct Options {
     pub interval: Option<Duration>,
     pub sources: bool,
     pub selection: Selection,
+    pub stop: Stop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,13 +168,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     let mut info = None;
     let mut format = None;
     let mut textfile = None;
+    let mut record = None;
+    let mut stop = Stop::default();
     let mut once = false;
     let mut interval = None;
     let mut sources = false;
     let mut selection = Selection::default();
     let mut set_format = |wanted| match format.replace(wanted) {
         Some(other) if other != wanted => Err(usage_error(
-            "--json, --prometheus or --textfile, and --breakdown exclude each other",
+            "--json, --prometheus or --textfile, --breakdown and --record exclude each other",
         )),
         _ => Ok(()),
     };
@@ -172,6 +196,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             Long("textfile") => {
                 set_format(Format::Prometheus)?;
                 textfile = Some(parse_textfile(parser.value()?)?);
+            }
+            Long("record") => {
+                set_format(Format::Record)?;
+                record = Some(parse_record(parser.value()?)?);
+            }
+            Long("until-exit") => {
+                let pid = parser.value()?.string()?;
+                stop.until_exit = Some(parse_pid(&pid).ok_or_else(|| {
+                    usage_error(format!("--until-exit takes a process id, not '{pid}'"))
+                })?);
+            }
+            Long("duration") => {
+                stop.duration = Some(parse_seconds("--duration", &parser.value()?.string()?)?);
             }
             Long("sources") => sources = true,
             Long("interval") => interval = Some(parse_interval(&parser.value()?.string()?)?),
@@ -207,14 +244,28 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         // Only kvm_shadow_stats.ko's debugfs files have it.
         return Err(usage_error("--sources has no place in --breakdown output"));
     }
-    let output = textfile.map_or(Output::Stdout, Output::Textfile);
+    if format == Format::Record && (once || sources) {
+        return Err(usage_error(
+            "--record samples until stopped and has no --sources; --once and --sources have no place with it",
+        ));
+    }
+    if format != Format::Record && stop != Stop::default() {
+        return Err(usage_error(
+            "--until-exit and --duration stop a --record, and need it",
+        ));
+    }
+    let output = match (textfile, record) {
+        (Some(path), _) => Output::Textfile(path),
+        (_, Some(path)) => Output::Record(path),
+        (None, None) => Output::Stdout,
+    };
     if format == Format::Prometheus && output == Output::Stdout && interval.is_some() {
         // Expositions one after another are no exposition: the second repeats every family.
         return Err(usage_error(
             "--prometheus writes one exposition; to keep one up to date, use --textfile PATH --interval SECONDS",
         ));
     }
-    let interval = match (format.is_live(), once) {
+    let interval = match (format.is_live() || format == Format::Record, once) {
         (_, true) => None,
         (true, false) => interval.or(Some(Duration::from_secs(1))),
         (false, false) => interval,
@@ -225,7 +276,16 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
         interval,
         sources,
         selection,
+        stop,
     }))
+}
+
+/// The file of `--record`, which must be named.
+fn parse_record(path: OsString) -> Result<PathBuf, UsageError> {
+    if path.is_empty() {
+        return Err(usage_error("--record takes a file to write, not ''"));
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// The path of `--textfile`: node_exporter's textfile collector reads only files whose name
@@ -273,10 +333,24 @@ fn parse_selector(option: &str, text: &str) -> Result<Selector, UsageError> {
     }))
 }
 
+/// A process id as the kernel gives them: digits only, 1 to `i32::MAX`.
+fn parse_pid(text: &str) -> Option<u32> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let pid: u32 = text.parse().ok()?;
+    (1..=i32::MAX as u32).contains(&pid).then_some(pid)
+}
+
 fn parse_interval(value: &str) -> Result<Duration, UsageError> {
+    parse_seconds("--interval", value)
+}
+
+/// A positive number of seconds, fractions allowed, for `option`.
+fn parse_seconds(option: &str, value: &str) -> Result<Duration, UsageError> {
     let invalid = || {
         usage_error(format!(
-            "--interval takes a positive number of seconds, not '{value}'"
+            "{option} takes a positive number of seconds, not '{value}'"
         ))
     };
     let seconds: f64 = value.parse().map_err(|_| invalid())?;
@@ -303,6 +377,7 @@ mod tests {
             interval,
             sources,
             selection: Selection::default(),
+            stop: Stop::default(),
         })
     }
 
@@ -313,6 +388,18 @@ mod tests {
             interval,
             sources: false,
             selection: Selection::default(),
+            stop: Stop::default(),
+        })
+    }
+
+    fn record(path: &str, interval: Duration, stop: Stop) -> Command {
+        Command::Run(Options {
+            format: Format::Record,
+            output: Output::Record(PathBuf::from(path)),
+            interval: Some(interval),
+            sources: false,
+            selection: Selection::default(),
+            stop,
         })
     }
 
@@ -414,6 +501,41 @@ mod tests {
             parse_strs(&["--interval=3", "--breakdown"]),
             Ok(run(Format::Breakdown, Some(Duration::from_secs(3)), false))
         );
+    }
+
+    #[test]
+    fn record_samples_every_second_until_stopped() {
+        assert_eq!(
+            parse_strs(&["--record", "out.jsonl"]),
+            Ok(record("out.jsonl", Duration::from_secs(1), Stop::default()))
+        );
+        assert_eq!(
+            parse_strs(&[
+                "--interval=0.25",
+                "--record=a b",
+                "--until-exit",
+                "4242",
+                "--duration",
+                "90"
+            ]),
+            Ok(record(
+                "a b",
+                Duration::from_millis(250),
+                Stop {
+                    until_exit: Some(4242),
+                    duration: Some(Duration::from_secs(90)),
+                }
+            ))
+        );
+        let Ok(Command::Run(options)) =
+            parse_strs(&["--record", "rec.jsonl", "-p", "7", "-g", "web1"])
+        else {
+            panic!("parsed");
+        };
+        assert_eq!(options.output, Output::Record(PathBuf::from("rec.jsonl")));
+        assert!(options.selection.contains(VmId::new(7, 3), None));
+        assert!(options.selection.contains(VmId::new(8, 3), Some("web1")));
+        assert!(!options.selection.contains(VmId::new(8, 3), None));
     }
 
     #[test]
@@ -577,6 +699,22 @@ mod tests {
             &["--once=yes"],
             &["--json=1"],
             &["-1=2"],
+            &["--record"],
+            &["--record", ""],
+            &["--record", "a", "--json"],
+            &["--breakdown", "--record", "a"],
+            &["--record", "a", "--textfile", "b.prom"],
+            &["--record", "a", "--once"],
+            &["--record", "a", "--sources"],
+            &["--record", "a", "--until-exit"],
+            &["--record", "a", "--until-exit", "0"],
+            &["--record", "a", "--until-exit", "-1"],
+            &["--record", "a", "--until-exit", "12x"],
+            &["--record", "a", "--until-exit", "2147483648"],
+            &["--record", "a", "--duration", "0"],
+            &["--record", "a", "--duration", "forever"],
+            &["--until-exit", "1"],
+            &["--json", "--duration", "5"],
         ] {
             assert!(parse_strs(args).is_err(), "{args:?}");
         }
@@ -584,6 +722,24 @@ mod tests {
             parse_strs(&["--interval", "-1"]),
             Err(UsageError(
                 "--interval takes a positive number of seconds, not '-1'".to_owned()
+            ))
+        );
+        assert_eq!(
+            parse_strs(&["--record", "a", "--until-exit", "qemu"]),
+            Err(UsageError(
+                "--until-exit takes a process id, not 'qemu'".to_owned()
+            ))
+        );
+        assert_eq!(
+            parse_strs(&["--record", "a", "--duration", "-5"]),
+            Err(UsageError(
+                "--duration takes a positive number of seconds, not '-5'".to_owned()
+            ))
+        );
+        assert_eq!(
+            parse_strs(&["--duration", "5"]),
+            Err(UsageError(
+                "--until-exit and --duration stop a --record, and need it".to_owned()
             ))
         );
         assert_eq!(

@@ -30,7 +30,7 @@ use crate::args::Selection;
 use crate::fields::FIELDS;
 use crate::pidfd;
 use crate::process::{self, Owner};
-use crate::sample::{Breakdown, Reading, Sample, Source, Vm};
+use crate::sample::{Breakdown, PerField, Reading, Sample, Source, Vm};
 
 /// What `/proc/<pid>/fd/<fd>` links to for a VM's binary stats fd.
 const VM_STATS_LINK: &str = "anon_inode:kvm-vm-stats";
@@ -100,6 +100,7 @@ pub struct Collector {
     proc_root: PathBuf,
     selection: Selection,
     require_breakdown: bool,
+    check_in_step: bool,
 }
 
 impl Collector {
@@ -116,6 +117,7 @@ impl Collector {
             proc_root: proc_root.into(),
             selection: Selection::default(),
             require_breakdown: false,
+            check_in_step: false,
         }
     }
 
@@ -128,6 +130,15 @@ impl Collector {
     pub fn require_breakdown(self) -> Self {
         Self {
             require_breakdown: true,
+            ..self
+        }
+    }
+
+    /// Reads each VM's KVM stats again after its breakdown, to tell whether the two are of one
+    /// moment: [`Vm::in_step`].
+    pub fn check_in_step(self) -> Self {
+        Self {
+            check_in_step: true,
             ..self
         }
     }
@@ -172,7 +183,7 @@ impl Collector {
                 .flatten();
             let listed_by_kvm = in_kvm_debugfs.contains(&id);
             let Some(mut vm) = self
-                .read_vm(id, owner, listed_by_kvm, stats)
+                .read_vm(id, owner, listed_by_kvm, stats.as_ref())
                 .map_err(CollectError::Debugfs)?
             else {
                 continue;
@@ -181,6 +192,13 @@ impl Collector {
                 warnings.push(format!("VM {id}: {error}; its breakdown is left out"));
                 None
             });
+            if self.check_in_step && vm.breakdown.is_some() {
+                // A VM destroyed meanwhile has no stats to compare: not in step.
+                let again = self
+                    .read_readings(id, listed_by_kvm, stats.as_ref())
+                    .map_err(CollectError::Debugfs)?;
+                vm.in_step = Some(again.is_some_and(|again| in_step(&vm.readings, &again)));
+            }
             // Without a directory in KVM's debugfs, only the module's can tell that the VM was
             // destroyed meanwhile, or that the module went away.
             if !listed_by_kvm
@@ -216,11 +234,32 @@ impl Collector {
         id: VmId,
         owner: Owner,
         listed_by_kvm: bool,
-        stats: Option<Stats<File>>,
+        stats: Option<&Stats<File>>,
     ) -> Result<Option<Vm>, DebugfsError> {
+        let Some(readings) = self.read_readings(id, listed_by_kvm, stats)? else {
+            return Ok(None);
+        };
+        Ok(Some(Vm {
+            id,
+            comm: owner.comm,
+            guest: owner.guest,
+            readings,
+            rates: [None; FIELDS.len()],
+            breakdown: None,
+            in_step: None,
+        }))
+    }
+
+    /// The KVM stats of [`Self::read_vm`]; `None` if the VM is gone.
+    fn read_readings(
+        &self,
+        id: VmId,
+        listed_by_kvm: bool,
+        stats: Option<&Stats<File>>,
+    ) -> Result<Option<PerField<Option<Reading>>>, DebugfsError> {
         let mut readings = [None; FIELDS.len()];
         for (reading, field) in readings.iter_mut().zip(&FIELDS) {
-            if let Some(value) = stats.as_ref().and_then(|s| s.read_single(field.stat).ok()) {
+            if let Some(value) = stats.and_then(|s| s.read_single(field.stat).ok()) {
                 *reading = Some(Reading {
                     value,
                     source: Source::StatsFd,
@@ -245,14 +284,7 @@ impl Collector {
                 Err(error) => return Err(error),
             }
         }
-        Ok(Some(Vm {
-            id,
-            comm: owner.comm,
-            guest: owner.guest,
-            readings,
-            rates: [None; FIELDS.len()],
-            breakdown: None,
-        }))
+        Ok(Some(readings))
     }
 
     /// The VM's breakdown, `None` if kvm_shadow_stats.ko has none: it is not loaded, it could
@@ -339,6 +371,15 @@ impl Collector {
             _ => CollectError::Debugfs(error),
         }
     }
+}
+
+/// Whether KVM's stats read `before` and `after` a breakdown say that no shadow page came or
+/// went in between: the pages, the allocations and the zaps all read, and unchanged. The pages
+/// alone could hide an allocation undone by a zap.
+fn in_step(before: &PerField<Option<Reading>>, after: &PerField<Option<Reading>>) -> bool {
+    before.iter().zip(after).all(|(before, after)| {
+        matches!((before, after), (Some(before), Some(after)) if before.value == after.value)
+    })
 }
 
 fn links_to(link: &Path, target: &str) -> bool {
@@ -490,6 +531,44 @@ mod tests {
             (breakdown.totals.peak, breakdown.totals.sums.bytes),
             (5, 28672)
         );
+    }
+
+    #[test]
+    fn stats_that_held_still_over_the_breakdown_are_in_step() {
+        let fake = FakeDebugfs::new("in-step");
+        let stats = [
+            ("mmu_shadow_pages", "4\n"),
+            ("mmu_cache_miss", "5\n"),
+            ("mmu_shadow_zapped", "1\n"),
+        ];
+        fake.add_vm(&format!("{NO_PID}-12"), &stats);
+        fake.add_vm(&format!("{NO_PID}-13"), &stats);
+        fake.load_module();
+        fake.add_breakdown(&format!("{NO_PID}-12"), PAGES, TOTALS);
+        // Checked only when asked for.
+        let sample = fake.collector().sample().expect("a sample");
+        assert!(sample.vms.iter().all(|vm| vm.in_step.is_none()));
+        let sample = fake.collector().check_in_step().sample().expect("a sample");
+        let in_step: Vec<_> = sample.vms.iter().map(|vm| (vm.id.fd, vm.in_step)).collect();
+        // Only a VM with a breakdown has something to be in step with.
+        assert_eq!(in_step, [(12, Some(true)), (13, None)]);
+    }
+
+    #[test]
+    fn stats_that_moved_or_are_missing_are_not_in_step() {
+        let reading = |value| {
+            Some(Reading {
+                value,
+                source: Source::Debugfs,
+            })
+        };
+        let before = [reading(4), reading(5), reading(1)];
+        assert!(in_step(&before, &before));
+        // An allocation undone by a zap leaves the pages as they were.
+        assert!(!in_step(&before, &[reading(4), reading(6), reading(2)]));
+        assert!(!in_step(&before, &[reading(5), reading(6), reading(1)]));
+        let unread = [reading(4), reading(5), None];
+        assert!(!in_step(&unread, &unread));
     }
 
     /// The module's files are not ABI: one it cannot make sense of costs that VM its breakdown,

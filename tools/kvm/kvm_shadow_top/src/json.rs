@@ -48,18 +48,17 @@ struct Document<'a> {
     totals: ByStat<Total>,
 }
 
+/// Which VM an object is of, in the keys that lead every output's VM objects.
 #[derive(Serialize)]
-struct VmObject<'a> {
+pub struct Identity<'a> {
     pid: u32,
     fd: i32,
     duplicate: u32,
     comm: Option<&'a str>,
     guest: Option<&'a str>,
-    stats: ByStat<Stat>,
-    breakdown: Option<BreakdownObject>,
 }
 
-impl<'a> From<&'a Vm> for VmObject<'a> {
+impl<'a> From<&'a Vm> for Identity<'a> {
     fn from(vm: &'a Vm) -> Self {
         Self {
             pid: vm.id.pid,
@@ -67,6 +66,22 @@ impl<'a> From<&'a Vm> for VmObject<'a> {
             duplicate: vm.id.duplicate,
             comm: vm.comm.as_deref(),
             guest: vm.guest.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct VmObject<'a> {
+    #[serde(flatten)]
+    identity: Identity<'a>,
+    stats: ByStat<Stat>,
+    breakdown: Option<BreakdownObject>,
+}
+
+impl<'a> From<&'a Vm> for VmObject<'a> {
+    fn from(vm: &'a Vm) -> Self {
+        Self {
+            identity: Identity::from(vm),
             stats: ByStat(
                 vm.readings
                     .iter()
@@ -178,7 +193,7 @@ impl From<&Breakdown> for BreakdownObject {
 }
 
 /// Seconds since the epoch, to the millisecond.
-fn seconds_since_epoch(time: SystemTime) -> Option<f64> {
+pub fn seconds_since_epoch(time: SystemTime) -> Option<f64> {
     let since = time.duration_since(UNIX_EPOCH).ok()?;
     Some(since.as_millis() as f64 / 1000.0)
 }
@@ -189,7 +204,7 @@ fn finite(rate: Option<f64>) -> Option<f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::{Map, Value};
 
     use super::*;
@@ -203,18 +218,11 @@ mod tests {
         let vms = top["vms"].as_array().expect("vms is an array");
         let stats: Vec<&str> = FIELDS.iter().map(|field| field.stat).collect();
         for vm in vms {
-            let vm = object(
-                vm,
-                &[
-                    "pid",
-                    "fd",
-                    "duplicate",
-                    "comm",
-                    "guest",
-                    "stats",
-                    "breakdown",
-                ],
-            );
+            let keys: Vec<&str> = IDENTITY_KEYS
+                .into_iter()
+                .chain(["stats", "breakdown"])
+                .collect();
+            let vm = object(vm, &keys);
             if !vm["breakdown"].is_null() {
                 check_breakdown(&vm["breakdown"]);
             }
@@ -269,8 +277,11 @@ mod tests {
         }
     }
 
+    /// The keys of [`Identity`], which lead every VM object.
+    pub(crate) const IDENTITY_KEYS: [&str; 5] = ["pid", "fd", "duplicate", "comm", "guest"];
+
     /// `value` as an object with exactly `keys`.
-    fn object<'a>(value: &'a Value, keys: &[&str]) -> &'a Map<String, Value> {
+    pub(crate) fn object<'a>(value: &'a Value, keys: &[&str]) -> &'a Map<String, Value> {
         let object = value.as_object().expect("an object");
         let mut found: Vec<&str> = object.keys().map(String::as_str).collect();
         let mut expected = keys.to_vec();

@@ -6,12 +6,17 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Returns a new fd in this process for the file that process `pid` has as fd `fd`.
-pub fn get_fd(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
+/// A pidfd of process `pid`: it stays that process's however its pid is reused, and polls
+/// readable once the process has exited.
+pub fn open(pid: u32) -> io::Result<OwnedFd> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: pidfd_open() takes two integers and touches no memory of ours.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = owned(pidfd)?;
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
+}
+
+/// Returns a new fd in this process for the file that process `pid` has as fd `fd`.
+pub fn get_fd(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
+    let pidfd = open(pid)?;
     // SAFETY: pidfd_getfd() takes three integers and touches no memory of ours; `pidfd` stays
     // open for the call.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };

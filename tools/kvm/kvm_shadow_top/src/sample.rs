@@ -55,6 +55,9 @@ pub struct Vm {
     /// Which shadow pages the VM holds, from kvm_shadow_stats.ko's debugfs directory, if the
     /// module is loaded and has one for the VM.
     pub breakdown: Option<Breakdown>,
+    /// Whether KVM's stats were the same just before and just after the breakdown was read, so
+    /// that the breakdown counts the pages of `readings`; `None` where this was not checked.
+    pub in_step: Option<bool>,
 }
 
 impl Vm {
@@ -207,6 +210,7 @@ pub mod fixtures {
             readings: values.map(|value| value.map(|value| Reading { value, source })),
             rates: [None; FIELDS.len()],
             breakdown: None,
+            in_step: None,
         }
     }
 
