@@ -10,6 +10,27 @@ FLAVOR=${FLAVOR:-base}
 
 die() { echo "$(basename "$0"): error: $*" >&2; exit 1; }
 
+# busybox_root DIR: DIR/bin with a static busybox and a link for each of
+# its applets, the userspace of an initramfs, which has no libc to load.
+busybox_root() {
+	local root=$1 busybox applet
+	busybox=$(command -v busybox || true)
+	[ -n "$busybox" ] && file -L "$busybox" 2>/dev/null | grep -q static ||
+		busybox=/bin/busybox
+	[ -x "$busybox" ] || die "busybox-static missing: run scripts/setup"
+	mkdir -p "$root/bin"
+	cp "$busybox" "$root/bin/busybox"
+	for applet in $("$root/bin/busybox" --list); do
+		[ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+	done
+}
+
+# pack_initramfs DIR OUT: DIR as a gzipped newc cpio archive, which the
+# kernel unpacks as its initramfs.
+pack_initramfs() {
+	(cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) >"$2"
+}
+
 # stock is Debian's kernel without the patches, for benchmarks.
 case "$FLAVOR" in
 base | debug | stock) ;;
