@@ -25,6 +25,19 @@ busybox_root() {
 	done
 }
 
+# nested_linux_initramfs OUT: the initramfs of the Linux guest that
+# scripts/guest/nested-linux boots inside the test guest: busybox and
+# scripts/nested-linux/init.
+nested_linux_initramfs() {
+	local root
+	root=$(mktemp -d)
+	busybox_root "$root"
+	mkdir -p "$root"/{proc,dev,tmp}
+	cp "$TOP/scripts/nested-linux/init" "$root/init"
+	pack_initramfs "$root" "$1"
+	rm -rf "$root"
+}
+
 # pack_initramfs DIR OUT: DIR as a gzipped newc cpio archive, which the
 # kernel unpacks as its initramfs.
 pack_initramfs() {
