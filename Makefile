@@ -2,9 +2,10 @@
 #
 # kvm-shadow-stats: KVM x86's mmu_shadow_pages stat, kept by a Rust module.
 #
-#   make run      build everything, boot it, watch the stat move
-#   make test     every test: host checks and in-guest selftests
-#   make install  the module, kvm_shadow_top, its man page and systemd service
+#   make run         build everything, boot it, watch the stat move
+#   make demo-guest  a Linux guest's boot on the shadow MMU, recorded, plotted
+#   make test        every test: host checks and in-guest selftests
+#   make install     the module, kvm_shadow_top, its man page and systemd service
 #
 # Variables: KVER=7.3 (Debian linux-source-KVER), FLAVOR=base|debug,
 # KDIR=<your own patched kernel build> instead of the embedded default,
@@ -20,12 +21,12 @@ export KVER FLAVOR KDIR DESTDIR PREFIX
 
 S := scripts
 
-.PHONY: all setup kernel module selftests run test bench stress install env clean distclean help
+.PHONY: all setup kernel module selftests run demo-guest test bench stress install env clean distclean help
 
 all: module selftests
 
 help:
-	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
 
 setup:
 	@$(S)/setup
@@ -41,6 +42,9 @@ selftests: kernel
 
 run: module selftests
 	@$(S)/demo
+
+demo-guest: module selftests
+	@$(S)/demo-guest
 
 test: setup
 	@$(S)/test
@@ -60,7 +64,8 @@ env:
 # Keeps build/cache (the downloaded kernel source) and the patched tree.
 clean:
 	rm -rf build/kbuild-* build/module-* build/selftests-* build/headers-* build/vm-logs \
-		build/rust-selftest build/vm-* build/*.log build/bench.txt build/bench-snapshot
+		build/rust-selftest build/vm-* build/*.log build/bench.txt build/bench-snapshot \
+		build/demo-guest
 
 distclean:
 	rm -rf build
