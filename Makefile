@@ -7,7 +7,7 @@
 #   make test        every test: host checks and in-guest selftests
 #   make install     the module, kvm_shadow_top, its man page and systemd service
 #
-# Variables: KVER=7.3 (Debian linux-source-KVER), FLAVOR=base|debug,
+# Variables: KVER=7.3 (Debian linux-source-KVER), FLAVOR=base|debug|bpf,
 # KDIR=<your own patched kernel build> instead of the embedded default,
 # DESTDIR and PREFIX=/usr/local for make install.
 #

@@ -44,10 +44,11 @@ pack_initramfs() {
 	(cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) >"$2"
 }
 
-# stock is Debian's kernel without the patches, for benchmarks.
+# stock is Debian's kernel without the patches, for benchmarks; bpf adds
+# what bpftrace needs (configs/bpf.config), for the BPF alternative.
 case "$FLAVOR" in
-base | debug | stock) ;;
-*) die "unknown FLAVOR '$FLAVOR' (known: base, debug, stock)" ;;
+base | debug | bpf | stock) ;;
+*) die "unknown FLAVOR '$FLAVOR' (known: base, debug, bpf, stock)" ;;
 esac
 
 if [ -n "${KDIR:-}" ]; then
