@@ -27,6 +27,16 @@
  * 262144, about one shadow page each) once and then keeps the VM until killed,
  * so that VMs of different sizes can be watched side by side.
  *
+ * With "--steps" it goes through the zaps that an accounting of shadow pages
+ * must follow, stopping itself (SIGSTOP) after each step, named on stdout
+ * before the stop, so that its count can be compared with KVM's while the VM
+ * does not run: the guest touches every region, the data memslot is deleted,
+ * which zaps the root the vCPU still holds (KVM counts it until the vCPU
+ * drops it, when the guest runs next), the guest touches every region
+ * again, KVM_SET_NR_MMU_PAGES squeezes the VM to 64 pages, and the guest
+ * touches every region under that limit.  The bench compares the module's
+ * breakdown and the BPF alternative's (tools/kvm/kvm_shadow_bpf.bt) with it.
+ *
  * "--hold [REGIONS] --probe" also measures how long the VM's mmu_lock keeps
  * a vCPU waiting, for the hand-over benchmark: a thread calls
  * KVM_SET_NR_MMU_PAGES with the VM's own page limit again and again, which
@@ -431,6 +441,33 @@ static void hold_regions(u64 nr, bool probe)
 	pause();
 }
 
+static void stop_after(const char *step, struct kvm_vm *vm)
+{
+	printf("step: %s: mmu_shadow_pages %lu\n", step, vm_get_stat(vm, mmu_shadow_pages));
+	fflush(stdout);
+	raise(SIGSTOP);
+}
+
+static void run_steps(void)
+{
+	struct kvm_vcpu *vcpu;
+	struct kvm_vm *vm;
+
+	vm = create_vm(&vcpu, DEMO_MAX_REGIONS);
+	run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+	stop_after("touched", vm);
+	vm_mem_region_delete(vm, DEMO_DATA_SLOT);
+	stop_after("memslot deleted, root in use", vm);
+	vm_userspace_mem_region_add(vm, VM_MEM_SRC_ANONYMOUS, data_gpa, DEMO_DATA_SLOT, 1, 0);
+	run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+	stop_after("touched again, root dropped", vm);
+	set_mmu_pages(vm, DEMO_MIN_MMU_PAGES);
+	stop_after("squeezed", vm);
+	run_pass(vm, vcpu, DEMO_MAX_REGIONS);
+	stop_after("touched under the limit", vm);
+	kvm_vm_free(vm);
+}
+
 int main(int argc, char *argv[])
 {
 	bool probe = argc > 2 && !strcmp(argv[argc - 1], "--probe");
@@ -440,9 +477,12 @@ int main(int argc, char *argv[])
 	else if (argc - probe >= 2 && argc - probe <= 3 && !strcmp(argv[1], "--hold"))
 		hold_regions(argc - probe == 3 ? strtoull(argv[2], NULL, 0) : DEMO_MAX_REGIONS,
 			     probe);
+	else if (argc == 2 && !strcmp(argv[1], "--steps"))
+		run_steps();
 	else if (argc == 1)
 		demo();
 	else
-		TEST_FAIL("usage: %s [--churn ROUNDS | --hold [REGIONS] [--probe]]", argv[0]);
+		TEST_FAIL("usage: %s [--churn ROUNDS | --hold [REGIONS] [--probe] | --steps]",
+			  argv[0]);
 	return 0;
 }
