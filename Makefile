@@ -9,6 +9,8 @@
 #
 # Variables: KVER=7.3 (Debian linux-source-KVER), FLAVOR=base|debug|bpf,
 # KDIR=<your own patched kernel build> instead of the embedded default,
+# NPT=0|1 for make demo-guest (0: KVM shadows the guest's page tables, on a
+# patched copy of the host's QEMU; 1: the shadow MMU builds its NPT tables),
 # DESTDIR and PREFIX=/usr/local for make install.
 #
 # The module itself is built by kbuild from ./Kbuild:
@@ -26,7 +28,7 @@ S := scripts
 all: module selftests
 
 help:
-	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
 
 setup:
 	@$(S)/setup
